@@ -1,0 +1,83 @@
+"""Engine and sessions for the metadata database, with bounded retries when it is down."""
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+T = TypeVar("T")
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database could not be reached after retrying."""
+
+
+def sqlite_url(path: Path) -> str:
+    """SQLAlchemy URL of an SQLite file (its folder is created)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path.resolve()}"
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for `url`; SQLite gets WAL, foreign keys and a busy timeout for concurrent use."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions that keep loaded objects usable after commit."""
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def with_db_retry(
+    fn: Callable[[], T], *, retries: int = 5, backoff_s: float = 0.5, what: str = "query"
+) -> T:
+    """Run `fn` (a whole transaction) again with exponential backoff when the connection fails."""
+    delay = backoff_s
+    for attempt in range(retries + 1):
+        try:
+            return fn()
+        except (OperationalError, DBAPIError) as exc:
+            if not exc.connection_invalidated and not isinstance(exc, OperationalError):
+                raise
+            if attempt == retries:
+                raise DatabaseUnavailable(
+                    f"database did not answer {what} after {retries + 1} tries: {exc.orig}; check "
+                    "that it is running and EDITLOOP_STORE__DATABASE_URL is right"
+                ) from exc
+        time.sleep(delay)
+        delay = min(delay * 2, 10.0)
+    raise AssertionError("unreachable")
+
+
+def check_connection(engine: Engine, *, retries: int = 5, backoff_s: float = 0.5) -> None:
+    """Fail with `DatabaseUnavailable` unless a trivial query answers within the retries."""
+
+    def ping() -> None:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+
+    with_db_retry(ping, retries=retries, backoff_s=backoff_s, what="a connection check")
+
+
+@contextmanager
+def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session whose transaction commits on success and rolls back on any error."""
+    with factory() as session, session.begin():
+        yield session

@@ -1,0 +1,16 @@
+"""The `worker` section of the settings: broker, queues and time limits."""
+
+from pydantic import BaseModel, Field, SecretStr
+
+
+class WorkerSettings(BaseModel):
+    """How work is moved. `eager` runs tasks in-process (the embedded default)."""
+
+    eager: bool = Field(True, description="run Celery tasks in-process instead of via a broker")
+    broker_url: SecretStr = Field(
+        SecretStr("redis://127.0.0.1:6379/0"), description="Celery broker URL (Redis or AMQP)"
+    )
+    edit_batch_size: int = Field(8, gt=0, description="attempt ids per edit task")
+    judge_batch_size: int = Field(8, gt=0, description="attempt ids per judge task")
+    soft_time_limit_s: int = Field(600, gt=0, description="soft time limit of one task")
+    time_limit_s: int = Field(660, gt=0, description="hard time limit of one task")
