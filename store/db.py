@@ -4,9 +4,9 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -18,14 +18,16 @@ class DatabaseUnavailable(RuntimeError):
 
 
 def sqlite_url(path: Path) -> str:
-    """SQLAlchemy URL of an SQLite file (its folder is created)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """SQLAlchemy URL of an SQLite file."""
     return f"sqlite:///{path.resolve()}"
 
 
 def make_engine(url: str) -> Engine:
     """An engine for `url`; SQLite gets WAL, foreign keys and a busy timeout for concurrent use."""
     if url.startswith("sqlite"):
+        database = make_url(url).database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30})
 
         @event.listens_for(engine, "connect")
@@ -81,3 +83,28 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """A session whose transaction commits on success and rolls back on any error."""
     with factory() as session, session.begin():
         yield session
+
+
+def insert_ignore(
+    session: Session, model: type, rows: list[dict[str, Any]], *, conflict_columns: list[str]
+) -> int:
+    """Insert `rows`, skipping those colliding on `conflict_columns`; returns how many went in."""
+    if not rows:
+        return 0
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        raise ValueError(f"unsupported database dialect {dialect!r}: use PostgreSQL or SQLite")
+    inserted = 0
+    for row in rows:  # one statement a row: RETURNING then says exactly which rows went in
+        statement = (
+            insert(model)
+            .values(**row)
+            .on_conflict_do_nothing(index_elements=conflict_columns)
+            .returning(model.id)  # type: ignore[attr-defined]
+        )
+        inserted += len(session.execute(statement).all())
+    return inserted

@@ -38,7 +38,9 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Imag
             width, height = probe.size
             probe.verify()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageError("undecodable", str(exc) or type(exc).__name__) from None
+        detail = str(exc) or type(exc).__name__
+        reason = "truncated" if "truncat" in detail.lower() else "undecodable"
+        raise ImageError(reason, detail) from None
     if width <= 0 or height <= 0:
         raise ImageError("zero_size", f"{width}x{height}")
     _check_limits(width, height, limits)

@@ -86,7 +86,7 @@ class RoundStatus(StrEnum):
 
 
 class AttemptStatus(StrEnum):
-    """Life of an attempt: pending → dispatched → edited → judged (terminal) or failed (terminal)."""
+    """Life of an attempt: pending → dispatched → edited → judged, or failed (both terminal)."""
 
     PENDING = "pending"
     DISPATCHED = "dispatched"
@@ -114,11 +114,13 @@ class Task(Base):
     """A source image and an instruction to apply to it."""
 
     __tablename__ = "task"
-    __table_args__ = (UniqueConstraint("source_key", "instruction"),)
+    # The instruction enters the key as a hash: PostgreSQL refuses index rows over ~2.7 kB.
+    __table_args__ = (UniqueConstraint("source_key", "instruction_sha256"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     source_key: Mapped[str] = mapped_column(String(256))
     instruction: Mapped[str] = mapped_column(String(2000))
+    instruction_sha256: Mapped[str] = mapped_column(String(64))
     edit_type: Mapped[str] = mapped_column(String(24))
     origin: Mapped[str] = mapped_column(String(256), default="")
     width: Mapped[int] = mapped_column(Integer)

@@ -9,7 +9,7 @@ from store.images import ImageLimits
 
 
 class StoreSettings(BaseModel):
-    """Where metadata and objects live. Empty URLs/paths mean: under the data dir (embedded mode)."""
+    """Where metadata and objects live; empty URLs/paths mean under the data dir (embedded)."""
 
     database_url: str = Field("", description="SQLAlchemy URL; empty = SQLite under the data dir")
     backend: Literal["local", "s3"] = Field("local", description="object store backend")
@@ -22,7 +22,7 @@ class StoreSettings(BaseModel):
     s3_region: str | None = None
     create_bucket: bool = Field(True, description="create the bucket on first use if missing")
     retries: int = Field(5, ge=0, description="retries on transient store/database errors")
-    backoff_s: float = Field(0.5, gt=0, description="first retry delay in seconds, doubled each time")
+    backoff_s: float = Field(0.5, gt=0, description="first retry delay, s (doubles)")
     max_image_side: int = Field(4096, gt=0, description="longest accepted image side, pixels")
     max_image_megapixels: float = Field(40.0, gt=0, description="largest accepted image, MP")
 

@@ -4,7 +4,7 @@ from enum import StrEnum
 
 
 class EditType(StrEnum):
-    """Edit types of the ImgEdit taxonomy (ImgEdit calls `alter` "adjust" and `hybrid` "compose")."""
+    """The ImgEdit taxonomy (ImgEdit says "adjust" for alter and "compose" for hybrid)."""
 
     ADD = "add"
     REMOVE = "remove"
@@ -40,7 +40,7 @@ def parse_edit_type(value: str) -> EditType:
 
 
 class Verdict(StrEnum):
-    """The reflector's label of an edit (ReasonEdit): accept, retry with a new instruction, reject."""
+    """The label of an edit (ReasonEdit): accept, retry with a new instruction, or reject."""
 
     SUCCESS = "Success"
     REFLECTION = "Reflection"
