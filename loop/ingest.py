@@ -16,7 +16,7 @@ from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session, sessionmaker
 
 from store.db import insert_ignore, with_db_retry
-from store.images import ImageError, ImageLimits, decode_image, encode_png
+from store.images import ImageError, ImageLimits, canonical_png
 from store.models import Task
 from store.objects import ObjectStore, content_key, put_content
 from store.taxonomy import parse_edit_type
@@ -181,10 +181,9 @@ def prepare_row(raw: RawRow, *, columns: Columns, limits: ImageLimits, origin: s
         raise RowError("unknown_edit_type", str(exc)) from None
     data = _image_bytes(record.get(columns.image), raw.base_dir, columns.image)
     try:
-        image = decode_image(data, limits)
+        image, png = canonical_png(data, limits)
     except ImageError as exc:
         raise RowError(f"image_{exc.reason}", exc.detail) from None
-    png = encode_png(image)
 
     known = {columns.image, columns.instruction, columns.edit_type}
     meta = {key: _jsonable(value) for key, value in record.items() if key not in known}

@@ -98,13 +98,11 @@ def insert_ignore(
         from sqlalchemy.dialects.sqlite import insert
     else:
         raise ValueError(f"unsupported database dialect {dialect!r}: use PostgreSQL or SQLite")
-    inserted = 0
-    for row in rows:  # one statement a row: RETURNING then says exactly which rows went in
-        statement = (
-            insert(model)
-            .values(**row)
-            .on_conflict_do_nothing(index_elements=conflict_columns)
-            .returning(model.id)  # type: ignore[attr-defined]
-        )
-        inserted += len(session.execute(statement).all())
-    return inserted
+    # RETURNING lists exactly the rows that went in (rowcount is not reliable for this).
+    statement = (
+        insert(model)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=conflict_columns)
+        .returning(model.id)  # type: ignore[attr-defined]
+    )
+    return len(session.execute(statement).all())

@@ -71,3 +71,16 @@ def encode_png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
+
+
+def canonical_png(data: bytes, limits: ImageLimits = ImageLimits()) -> tuple[Image.Image, bytes]:
+    """Pass `data` through the gate and return the image and its canonical PNG bytes.
+
+    An RGB PNG without an EXIF rotation keeps its own bytes (re-encoding would only cost time).
+    """
+    image = decode_image(data, limits)
+    with Image.open(io.BytesIO(data)) as probe:
+        unchanged = (
+            probe.format == "PNG" and probe.mode == "RGB" and probe.getexif().get(0x0112, 1) == 1
+        )
+    return image, data if unchanged else encode_png(image)

@@ -7,7 +7,7 @@ import zlib
 import pytest
 from PIL import Image
 
-from store.images import ImageError, ImageLimits, decode_image, encode_png
+from store.images import ImageError, ImageLimits, canonical_png, decode_image, encode_png
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -80,3 +80,14 @@ def test_size_limits_are_enforced() -> None:
     assert info.value.reason == "too_large"
     with pytest.raises(ImageError, match="megapixels"):
         decode_image(png_bytes(Image.new("RGB", (200, 200))), ImageLimits(max_megapixels=0.039))
+
+
+def test_canonical_png_keeps_rgb_png_bytes_and_reencodes_the_rest() -> None:
+    rgb = png_bytes(Image.new("RGB", (8, 8), "red"))
+    assert canonical_png(rgb)[1] == rgb
+    rgba = png_bytes(Image.new("RGBA", (8, 8), "red"))
+    image, data = canonical_png(rgba)
+    assert data != rgba and Image.open(io.BytesIO(data)).mode == "RGB"
+    jpeg = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(jpeg, format="JPEG")
+    assert Image.open(io.BytesIO(canonical_png(jpeg.getvalue())[1])).format == "PNG"
