@@ -14,3 +14,10 @@ class WorkerSettings(BaseModel):
     judge_batch_size: int = Field(8, gt=0, description="attempt ids per judge task")
     soft_time_limit_s: int = Field(600, gt=0, description="soft time limit of one task")
     time_limit_s: int = Field(660, gt=0, description="hard time limit of one task")
+    visibility_timeout_s: int = Field(
+        3600, gt=0, description="Redis: seconds before an unacknowledged task is redelivered"
+    )
+    dispatch_timeout_s: float = Field(
+        900, gt=0, description="seconds an attempt may stay dispatched before it is re-sent"
+    )
+    max_dispatches: int = Field(3, gt=0, description="sends per attempt before it ends Failed")

@@ -1,0 +1,401 @@
+"""The round controller: the one place where the loop's control flow lives.
+
+Every decision is read from the database (counts and states of attempts), never from Celery
+results: pick tasks → create attempts → dispatch → follow reflections and restarts → re-dispatch
+what lapsed → when all is terminal, compute metrics → maybe queue training. Running it again
+with the same run name resumes where it stopped and repeats nothing that finished.
+"""
+
+import hashlib
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from typing import Protocol
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, aliased, sessionmaker
+
+from loop.metrics import AttemptRecord, round_metrics
+from store.db import insert_ignore, with_db_retry
+from store.models import (
+    Attempt,
+    AttemptStatus,
+    Checkpoint,
+    CheckpointStatus,
+    Judgment,
+    Round,
+    RoundStatus,
+    Run,
+    RunStatus,
+    Task,
+    TrainJob,
+    utcnow,
+)
+from store.taxonomy import Verdict
+
+log = logging.getLogger(__name__)
+TERMINAL = (AttemptStatus.JUDGED, AttemptStatus.FAILED)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One run's settings; stored on the run row so that a resumed run keeps them."""
+
+    name: str
+    rounds: int = 2  # rounds to run
+    samples_per_task: int = 1  # independent samples (seeds) per task and round
+    tasks_per_round: int = 8  # tasks drawn (seeded) per round
+    max_reflections: int = 2  # extra tries per sample after the first (ReasonEdit: 2)
+    batch_size: int = 8  # attempt ids per edit task
+    dispatch_timeout_s: float = 900.0  # an attempt not edited+judged by then is re-sent
+    max_dispatches: int = 3  # sends per attempt before it ends Failed
+    poll_interval_s: float = 0.5  # how often the controller reads the state
+    train_min_new_samples: int = 0  # queue a train_job when the pool grew by this (0: never)
+    seed: int = 0
+
+
+class Dispatcher(Protocol):
+    """Sends batches of attempt ids to the workers (Celery in every mode)."""
+
+    def send_edit(self, attempt_ids: Sequence[int]) -> None: ...
+
+    def send_judge(self, attempt_ids: Sequence[int]) -> None: ...
+
+
+def attempt_seed(run_seed: int, round_number: int, task_id: int, sample: int, depth: int) -> int:
+    """A stable 31-bit seed per attempt key, so that a re-run edits with the same noise."""
+    key = f"{run_seed}:{round_number}:{task_id}:{sample}:{depth}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:4], "big") & 0x7FFFFFFF
+
+
+def start_or_resume_run(factory: sessionmaker[Session], config: RunConfig) -> int:
+    """The id of the run named `config.name`, created when new; marked running."""
+    with factory() as session, session.begin():
+        run = session.scalar(select(Run).where(Run.name == config.name))
+        if run is None:
+            run = Run(name=config.name, config=asdict(config))
+            session.add(run)
+        elif run.config != asdict(config):
+            log.warning("run %s resumes with its stored config %s", config.name, run.config)
+        run.status = RunStatus.RUNNING
+        session.flush()
+        return run.id
+
+
+def run_loop(
+    *,
+    factory: sessionmaker[Session],
+    dispatcher: Dispatcher,
+    config: RunConfig,
+    on_round: Callable[[int, dict[str, float]], None] = lambda number, metrics: None,
+    retries: int = 5,
+) -> int:
+    """Drive every round of the run to the end; returns the run id."""
+    run_id = start_or_resume_run(factory, config)
+    with factory() as session:
+        stored = RunConfig(**session.get_one(Run, run_id).config)
+    for number in range(stored.rounds):
+        round_id, finished = _open_round(factory, run_id, number, stored)
+        if finished:
+            continue
+        metrics = drive_round(factory, dispatcher, round_id, stored, retries=retries)
+        on_round(number, metrics)
+        _maybe_queue_training(factory, run_id, number, stored)
+    with factory() as session, session.begin():
+        session.get_one(Run, run_id).status = RunStatus.FINISHED
+    return run_id
+
+
+def _open_round(
+    factory: sessionmaker[Session], run_id: int, number: int, config: RunConfig
+) -> tuple[int, bool]:
+    """Create the round (idempotently) and its first attempts; returns (id, already finished)."""
+    with factory() as session, session.begin():
+        round_ = session.scalar(select(Round).where(Round.run_id == run_id, Round.number == number))
+        if round_ is None:
+            round_ = Round(run_id=run_id, number=number, checkpoint_id=_current_checkpoint(session))
+            session.add(round_)
+            session.flush()
+        if round_.status == RoundStatus.FINISHED:
+            return round_.id, True
+        task_ids = pick_tasks(session, config, number)
+        if not task_ids:
+            raise RuntimeError("no tasks to edit: ingest some with `editloop ingest PATH` first")
+        tasks = {t.id: t for t in session.scalars(select(Task).where(Task.id.in_(task_ids)))}
+        insert_ignore(
+            session,
+            Attempt,
+            [
+                {
+                    "round_id": round_.id,
+                    "task_id": task_id,
+                    "sample_index": sample,
+                    "depth": 0,
+                    "instruction": tasks[task_id].instruction,
+                    "input_key": tasks[task_id].source_key,
+                    "seed": attempt_seed(config.seed, number, task_id, sample, 0),
+                    "checkpoint_id": round_.checkpoint_id,
+                    "created_at": utcnow(),
+                    "updated_at": utcnow(),
+                }
+                for task_id in task_ids
+                for sample in range(config.samples_per_task)
+            ],
+            conflict_columns=["round_id", "task_id", "sample_index", "depth"],
+        )
+        return round_.id, False
+
+
+def pick_tasks(session: Session, config: RunConfig, number: int) -> list[int]:
+    """A seeded draw of `tasks_per_round` task ids for round `number` (the same on resume)."""
+    ids = list(session.scalars(select(Task.id).order_by(Task.id)))
+    rng = random.Random(f"{config.seed}:{config.name}:{number}")
+    return sorted(rng.sample(ids, min(config.tasks_per_round, len(ids))))
+
+
+def _current_checkpoint(session: Session) -> int | None:
+    """The latest promoted checkpoint; None means the base model."""
+    return session.scalar(
+        select(Checkpoint.id)
+        .where(Checkpoint.status == CheckpointStatus.PROMOTED)
+        .order_by(Checkpoint.id.desc())
+        .limit(1)
+    )
+
+
+def drive_round(
+    factory: sessionmaker[Session],
+    dispatcher: Dispatcher,
+    round_id: int,
+    config: RunConfig,
+    *,
+    retries: int = 5,
+) -> dict[str, float]:
+    """Advance the round until every attempt is terminal; store and return its metrics."""
+    while True:
+        state = with_db_retry(
+            lambda: advance_round(factory, dispatcher, round_id, config),
+            retries=retries,
+            what="advancing the round",
+        )
+        if state == "finished":
+            break
+        if state == "waiting":
+            time.sleep(config.poll_interval_s)
+    return finish_round(factory, round_id)
+
+
+def advance_round(
+    factory: sessionmaker[Session], dispatcher: Dispatcher, round_id: int, config: RunConfig
+) -> str:
+    """One pass: follow-ups, dispatch, re-dispatch. Returns `finished`, `progress` or `waiting`."""
+    created = _create_follow_ups(factory, round_id, config)
+    sent = _dispatch_pending(factory, dispatcher, round_id, config)
+    resent = _redispatch_lapsed(factory, dispatcher, round_id, config)
+    with factory() as session:
+        open_attempts = session.scalar(
+            select(func.count())
+            .select_from(Attempt)
+            .where(Attempt.round_id == round_id, Attempt.status.not_in(TERMINAL))
+        )
+    if not open_attempts:
+        # Work that finished during this pass (inline, when eager) may call for follow-ups.
+        if not _create_follow_ups(factory, round_id, config):
+            return "finished"
+        return "progress"
+    return "progress" if created or sent or resent else "waiting"
+
+
+def _create_follow_ups(factory: sessionmaker[Session], round_id: int, config: RunConfig) -> int:
+    """Children of judged, non-successful attempts with tries left (JUDGE.md, loop semantics).
+
+    `Reflection` edits the parent's output with the revised instruction; `Failed` restarts from
+    the source with the original instruction. Every child is still judged against the original.
+    """
+    child = aliased(Attempt)
+    with factory() as session, session.begin():
+        rows = session.execute(
+            select(Attempt, Judgment, Task, Round.number)
+            .join(Judgment, Judgment.attempt_id == Attempt.id)
+            .join(Task, Task.id == Attempt.task_id)
+            .join(Round, Round.id == Attempt.round_id)
+            .outerjoin(child, child.parent_id == Attempt.id)
+            .where(
+                Attempt.round_id == round_id,
+                Attempt.status == AttemptStatus.JUDGED,
+                Attempt.verdict != Verdict.SUCCESS,
+                Attempt.depth < config.max_reflections,
+                child.id.is_(None),
+            )
+        ).all()
+        children = []
+        for parent, judgment, task, number in rows:
+            reflect = judgment.verdict == Verdict.REFLECTION and judgment.revised_instruction
+            depth = parent.depth + 1
+            children.append(
+                {
+                    "round_id": round_id,
+                    "task_id": parent.task_id,
+                    "sample_index": parent.sample_index,
+                    "depth": depth,
+                    "parent_id": parent.id,
+                    "instruction": judgment.revised_instruction if reflect else task.instruction,
+                    "input_key": parent.output_key if reflect else task.source_key,
+                    "seed": attempt_seed(
+                        config.seed, number, parent.task_id, parent.sample_index, depth
+                    ),
+                    "checkpoint_id": parent.checkpoint_id,
+                    "created_at": utcnow(),
+                    "updated_at": utcnow(),
+                }
+            )
+        return insert_ignore(
+            session,
+            Attempt,
+            children,
+            conflict_columns=["round_id", "task_id", "sample_index", "depth"],
+        )
+
+
+def _dispatch_pending(
+    factory: sessionmaker[Session], dispatcher: Dispatcher, round_id: int, config: RunConfig
+) -> int:
+    """Mark pending attempts dispatched (with a deadline) and send them in batches.
+
+    The database is written first: if sending fails, the deadline lapses and they are re-sent.
+    """
+    with factory() as session, session.begin():
+        ids = list(
+            session.scalars(
+                select(Attempt.id)
+                .where(Attempt.round_id == round_id, Attempt.status == AttemptStatus.PENDING)
+                .order_by(Attempt.id)
+                .with_for_update(skip_locked=True)
+            )
+        )
+        if ids:
+            session.execute(
+                update(Attempt)
+                .where(Attempt.id.in_(ids))
+                .values(
+                    status=AttemptStatus.DISPATCHED,
+                    dispatch_count=Attempt.dispatch_count + 1,
+                    dispatch_deadline=utcnow() + timedelta(seconds=config.dispatch_timeout_s),
+                )
+            )
+    _send(dispatcher.send_edit, ids, config.batch_size)
+    return len(ids)
+
+
+def _redispatch_lapsed(
+    factory: sessionmaker[Session], dispatcher: Dispatcher, round_id: int, config: RunConfig
+) -> int:
+    """Re-send attempts whose deadline passed without a result; past the cap they end Failed."""
+    now = utcnow()
+    with factory() as session, session.begin():
+        lapsed = session.scalars(
+            select(Attempt)
+            .where(
+                Attempt.round_id == round_id,
+                Attempt.status.in_((AttemptStatus.DISPATCHED, AttemptStatus.EDITED)),
+                Attempt.dispatch_deadline < now,
+            )
+            .with_for_update(skip_locked=True)
+        ).all()
+        to_edit, to_judge = [], []
+        for attempt in lapsed:
+            if attempt.dispatch_count >= config.max_dispatches:
+                attempt.status = AttemptStatus.FAILED
+                attempt.verdict = Verdict.FAILED
+                attempt.error = (
+                    f"no result after {attempt.dispatch_count} dispatches of "
+                    f"{config.dispatch_timeout_s:g} s (message lost or worker died)"
+                )
+                continue
+            attempt.dispatch_count += 1
+            attempt.dispatch_deadline = now + timedelta(seconds=config.dispatch_timeout_s)
+            (to_edit if attempt.status == AttemptStatus.DISPATCHED else to_judge).append(attempt.id)
+    if lapsed:
+        log.warning("re-dispatching %d edits and %d judgments", len(to_edit), len(to_judge))
+    _send(dispatcher.send_edit, to_edit, config.batch_size)
+    _send(dispatcher.send_judge, to_judge, config.batch_size)
+    return len(lapsed)
+
+
+def _send(send: Callable[[Sequence[int]], None], ids: list[int], batch_size: int) -> None:
+    for start in range(0, len(ids), batch_size):
+        try:
+            send(ids[start : start + batch_size])
+        except Exception:  # noqa: BLE001 - a broker error must not stop the controller
+            # The attempts keep their deadline and are re-sent when it lapses.
+            log.exception("sending %d attempts failed; they will be re-sent", batch_size)
+
+
+def finish_round(factory: sessionmaker[Session], round_id: int) -> dict[str, float]:
+    """Compute the round's metrics from its rows, store them and mark the round finished."""
+    with factory() as session, session.begin():
+        round_ = session.get_one(Round, round_id)
+        if round_.status == RoundStatus.FINISHED:
+            return dict(round_.metrics)
+        rows = session.execute(
+            select(Attempt, Task.edit_type, Judgment)
+            .join(Task, Task.id == Attempt.task_id)
+            .outerjoin(Judgment, Judgment.attempt_id == Attempt.id)
+            .where(Attempt.round_id == round_id)
+        ).all()
+        records = [
+            AttemptRecord(
+                task_id=a.task_id,
+                sample_index=a.sample_index,
+                depth=a.depth,
+                edit_type=edit_type,
+                status=a.status.value,
+                verdict=a.verdict.value if a.verdict is not None else None,
+                following=j.score_following if j else None,
+                quality=j.score_quality if j else None,
+                preservation=j.score_preservation if j else None,
+                overall=j.overall if j else None,
+                edit_seconds=a.edit_seconds,
+                judge_seconds=j.latency_s if j else None,
+            )
+            for a, edit_type, j in rows
+        ]
+        now = utcnow()
+        metrics = round_metrics(records, wall_seconds=(now - round_.started_at).total_seconds())
+        round_.metrics = metrics
+        round_.status = RoundStatus.FINISHED
+        round_.finished_at = now
+        return metrics
+
+
+def _maybe_queue_training(
+    factory: sessionmaker[Session], run_id: int, number: int, config: RunConfig
+) -> None:
+    """Queue a train_job when the accepted pool grew by `train_min_new_samples` since the last."""
+    if config.train_min_new_samples <= 0:
+        return
+    with factory() as session, session.begin():
+        pool = (
+            session.scalar(
+                select(func.count())
+                .select_from(Judgment)
+                .join(Attempt, Attempt.id == Judgment.attempt_id)
+                .join(Round, Round.id == Attempt.round_id)
+                .where(Round.run_id == run_id, Judgment.verdict == Verdict.SUCCESS)
+            )
+            or 0
+        )
+        last = session.scalar(
+            select(TrainJob).where(TrainJob.run_id == run_id).order_by(TrainJob.id.desc()).limit(1)
+        )
+        last_pool = int(last.data_filter.get("pool_size", 0)) if last else 0
+        if pool - last_pool >= config.train_min_new_samples:
+            session.add(
+                TrainJob(
+                    run_id=run_id,
+                    data_filter={"run_id": run_id, "up_to_round": number, "pool_size": pool},
+                )
+            )

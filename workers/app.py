@@ -1,0 +1,50 @@
+"""The Celery app: JSON only, late acks, no result backend; configured from `WorkerSettings`."""
+
+from celery import Celery
+from kombu import Queue
+
+from workers.settings import WorkerSettings
+
+EDIT_QUEUE = "edit"
+JUDGE_QUEUE = "judge"
+
+app = Celery("editloop", include=["workers.tasks"])
+
+
+def configure_celery(settings: WorkerSettings) -> Celery:
+    """Apply `settings` to the process's Celery app and return it."""
+    broker_url = settings.broker_url.get_secret_value()
+    transport_options: dict[str, object] = {}
+    if broker_url.startswith(("redis://", "rediss://")):
+        # kombu scans for unacked messages every 10 s x 10 by default (~100 s to redeliver a
+        # killed worker's task); these make it ~5 s once the visibility timeout lapsed
+        # (RECIPES.md, "Celery brokers and a killed worker").
+        transport_options = {
+            "visibility_timeout": settings.visibility_timeout_s,
+            "unacked_restore_interval": 1,
+            "unacked_restore_throttle": 1,
+        }
+    app.conf.update(
+        broker_url=broker_url,
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        result_backend=None,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=settings.soft_time_limit_s,
+        task_time_limit=settings.time_limit_s,
+        task_queues=[Queue(EDIT_QUEUE), Queue(JUDGE_QUEUE)],
+        task_default_queue=EDIT_QUEUE,
+        task_routes={
+            "editloop.edit_batch": {"queue": EDIT_QUEUE},
+            "editloop.judge_batch": {"queue": JUDGE_QUEUE},
+        },
+        task_always_eager=settings.eager,
+        task_eager_propagates=True,
+        worker_hijack_root_logger=False,
+    )
+    return app

@@ -1,0 +1,74 @@
+"""What a worker process needs, built once by the composition root and handed to the tasks."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from policies.types import Editor
+from rewards.types import Reflector, Scorer
+from rewards.verdict import VerdictThresholds
+from store.images import ImageLimits
+from store.models import Checkpoint
+from store.objects import ObjectStore
+
+# Given the editor currently loaded (or None) and the checkpoint wanted (None = the base model),
+# return an editor with that checkpoint, reusing the loaded base weights where it can.
+EditorLoader = Callable[[Editor | None, Checkpoint | None], Editor]
+JudgeLoader = Callable[[], tuple[Scorer, Reflector | None]]
+
+
+@dataclass
+class ModelCache:
+    """One editor and one judge per process, loaded on first use; the editor swaps checkpoints."""
+
+    load_editor: EditorLoader
+    load_judges: JudgeLoader
+    _editor: Editor | None = None
+    _editor_checkpoint: int | None = None
+    _judges: tuple[Scorer, Reflector | None] | None = None
+
+    def editor(self, checkpoint: Checkpoint | None) -> Editor:
+        """The editor at `checkpoint` (None: base), swapping in place when another is loaded."""
+        wanted = checkpoint.id if checkpoint is not None else None
+        if self._editor is None or wanted != self._editor_checkpoint:
+            # The loader receives the old editor so that it can reuse and free it: never two
+            # full editors alive for longer than the swap.
+            self._editor = self.load_editor(self._editor, checkpoint)
+            self._editor_checkpoint = wanted
+        return self._editor
+
+    def judges(self) -> tuple[Scorer, Reflector | None]:
+        """The scorer and the reflector (None when the run uses the scorer alone)."""
+        if self._judges is None:
+            self._judges = self.load_judges()
+        return self._judges
+
+
+@dataclass
+class WorkerContext:
+    session_factory: sessionmaker[Session]
+    store: ObjectStore
+    models: ModelCache
+    image_limits: ImageLimits = ImageLimits()
+    thresholds: VerdictThresholds = VerdictThresholds()
+    judge_timeout_s: float = 900.0
+    retries: int = 5
+
+
+_context: WorkerContext | None = None
+
+
+def set_worker_context(context: WorkerContext | None) -> None:
+    """Install (or clear) the process's context; done by `editloop worker` / `editloop run`."""
+    global _context
+    _context = context
+
+
+def get_worker_context() -> WorkerContext:
+    """The installed context; a clear error when the process was started without one."""
+    if _context is None:
+        raise RuntimeError(
+            "this process has no editloop worker context: start workers with `editloop worker`"
+        )
+    return _context

@@ -1,0 +1,15 @@
+"""The controller's way to hand work to the workers: Celery messages (inline when eager)."""
+
+from collections.abc import Sequence
+
+from workers.tasks import edit_batch, judge_batch
+
+
+class CeleryDispatcher:
+    """Sends attempt-id batches to the `edit` and `judge` queues."""
+
+    def send_edit(self, attempt_ids: Sequence[int]) -> None:
+        edit_batch.apply_async(args=[list(attempt_ids)])
+
+    def send_judge(self, attempt_ids: Sequence[int]) -> None:
+        judge_batch.apply_async(args=[list(attempt_ids)])
