@@ -2,7 +2,9 @@
 
 import json
 import os
+import socket
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
@@ -10,7 +12,10 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
+from loop import judge_command
+from loop.controller import RunConfig, run_loop
 from loop.ingest import Columns, IngestReport, ingest_rows, read_rows
+from loop.runtime import build_worker_context
 from loop.schema import SchemaOutdated, ensure_schema
 from loop.services import open_database, open_store
 from loop.settings import get_settings, masked_settings
@@ -18,6 +23,9 @@ from loop.status import StatusReport, collect_status
 from migrations import downgrade, upgrade
 from store.db import DatabaseUnavailable
 from store.objects import StoreUnavailable
+from workers.app import configure_celery
+from workers.context import set_worker_context
+from workers.dispatch import CeleryDispatcher
 
 app = typer.Typer(
     help="editloop: improve an instruction-based image editor by using it "
@@ -27,6 +35,7 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Manage the metadata database schema (Alembic).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.command("judge")(judge_command.judge)
 console = Console()
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
 
@@ -160,12 +169,143 @@ def _print_status(report: StatusReport) -> None:
     console.print(table)
 
 
+ROUND_COLUMNS = {
+    "attempts": "attempts/total",
+    "success": "verdict/Success/rate",
+    "reflection": "verdict/Reflection/rate",
+    "failed": "verdict/Failed/rate",
+    "chains ok": "chains/success_rate",
+    "ok at 0": "chains/success_after_0",
+    "ok at 1": "chains/success_after_1",
+    "ok at 2": "chains/success_after_2",
+    "overall": "scores/overall/mean",
+    "attempts/s": "throughput/attempts_per_s",
+}
+
+
+def _print_round(number: int, metrics: dict[str, float]) -> None:
+    table = Table(title=f"round {number}")
+    for column in ROUND_COLUMNS:
+        table.add_column(column, justify="right")
+    table.add_row(
+        *(
+            f"{metrics.get(key, 0.0):.3g}" if "rate" in key or "/" in key else str(metrics[key])
+            for key in ROUND_COLUMNS.values()
+        )
+    )
+    console.print(table)
+
+
+@app.command("run")
+def run(
+    rounds: int = typer.Option(2, min=1, help="Rounds to run."),
+    samples_per_task: int = typer.Option(1, min=1, help="Independent samples per task and round."),
+    tasks: int = typer.Option(8, min=1, help="Tasks drawn (seeded) per round."),
+    name: str = typer.Option(
+        "", help="Run name; give an existing run's name to resume it (default: a new name)."
+    ),
+    max_reflections: int | None = typer.Option(
+        None, min=0, help="Tries after the first per sample (default: judge.max_reflections)."
+    ),
+    train_every: int = typer.Option(
+        0, min=0, help="Queue a training job each time the accepted pool grew by this (0: never)."
+    ),
+    seed: int = typer.Option(0, help="Seed of task draws and edit noise."),
+) -> None:
+    """Run rounds of edit → judge → reflect; each round's metrics are stored and printed."""
+    settings = get_settings()
+    config = RunConfig(
+        name=name or datetime.now(UTC).strftime("run-%Y%m%d-%H%M%S"),
+        rounds=rounds,
+        samples_per_task=samples_per_task,
+        tasks_per_round=tasks,
+        max_reflections=(
+            settings.judge.max_reflections if max_reflections is None else max_reflections
+        ),
+        batch_size=settings.worker.edit_batch_size,
+        dispatch_timeout_s=settings.worker.dispatch_timeout_s,
+        max_dispatches=settings.worker.max_dispatches,
+        train_min_new_samples=train_every,
+        seed=seed,
+    )
+    console.print(f"run {config.name} ({'in-process' if settings.worker.eager else 'workers'})")
+    try:
+        ensure_schema(settings)
+        configure_celery(settings.worker)
+        if settings.worker.eager:
+            set_worker_context(build_worker_context(settings))
+        run_loop(
+            factory=open_database(settings),
+            dispatcher=CeleryDispatcher(),
+            config=config,
+            on_round=_print_round,
+            retries=settings.store.retries,
+        )
+    except (DatabaseUnavailable, StoreUnavailable, SchemaOutdated, RuntimeError) as exc:
+        raise fail(str(exc)) from None
+    except KeyboardInterrupt:
+        console.print(f"stopped; resume with: editloop run --name {config.name}")
+        raise typer.Exit(code=130) from None
+
+
+@app.command("worker")
+def worker(
+    queues: str = typer.Option("edit,judge", help="Comma-separated queues to consume."),
+    device: str = typer.Option("", help="Torch device for editor and judge, e.g. cuda:0."),
+    pool: str = typer.Option("solo", help="Celery pool: solo (one per GPU) or threads."),
+    concurrency: int = typer.Option(1, min=1, help="Tasks at once (threads pool only)."),
+    hostname: str = typer.Option("", help="Celery node name (default: editloop@<host>-<pid>)."),
+    loglevel: str = typer.Option("INFO", help="Celery log level."),
+) -> None:
+    """Start one worker process (one per GPU) that edits and/or judges attempts from the broker."""
+    settings = get_settings()
+    if device:
+        settings = settings.model_copy(
+            update={
+                "editor": settings.editor.model_copy(update={"device": device}),
+                "judge": settings.judge.model_copy(update={"device": device}),
+            }
+        )
+    settings = settings.model_copy(
+        update={"worker": settings.worker.model_copy(update={"eager": False})}
+    )
+    try:
+        ensure_schema(settings)
+        set_worker_context(build_worker_context(settings))
+    except (DatabaseUnavailable, StoreUnavailable, SchemaOutdated) as exc:
+        raise fail(str(exc)) from None
+    celery = configure_celery(settings.worker)
+    celery.worker_main(
+        [
+            "worker",
+            f"--queues={queues}",
+            f"--pool={pool}",
+            f"--concurrency={concurrency}",
+            f"--hostname={hostname or f'editloop@{socket.gethostname()}-{os.getpid()}'}",
+            f"--loglevel={loglevel}",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+
+
 @app.command("demo")
-def demo() -> None:
-    """Run the embedded default end to end: ingest the bundled samples, then show the status."""
+def demo(
+    rounds: int = typer.Option(2, min=1, help="Rounds to run."),
+) -> None:
+    """Run the embedded default end to end: ingest the samples, run the loop, show the status."""
     settings = get_settings()
     console.print(f"embedded mode: data under {settings.data_dir.resolve()}")
     _print_ingest_report(_ingest(SAMPLES_DIR, "editloop-samples", Columns()))
+    run(
+        rounds=rounds,
+        samples_per_task=1,
+        tasks=6,
+        name=f"demo-{datetime.now(UTC):%Y%m%d-%H%M%S}",
+        max_reflections=None,
+        train_every=0,
+        seed=0,
+    )
     status()
 
 

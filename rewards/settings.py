@@ -1,6 +1,6 @@
 """The `judge` section of the settings: scorer, reflector and verdict thresholds."""
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 
 class JudgeSettings(BaseModel):
@@ -9,4 +9,46 @@ class JudgeSettings(BaseModel):
     model: str = Field("", description="Qwen2.5-VL folder of the ImgEdit-Judge; empty = tiny")
     device: str = Field("cpu", description="torch device, e.g. cpu or cuda:0")
     batch_size: int = Field(8, gt=0, description="pairs per judge call")
-    max_reflections: int = Field(2, ge=0, description="reflection rounds per sample (ReasonEdit: 2)")
+    max_reflections: int = Field(
+        2, ge=0, description="reflection rounds per sample (ReasonEdit: 2)"
+    )
+    prompts_file: str = Field(
+        "", description="ImgEdit prompts.json ({edit_type: prompt}); empty = editloop's own prompts"
+    )
+    # ImgEdit-Judge's recommended bounds (JUDGE.md); the processor resizes every image into them.
+    min_pixels: int = Field(1016064, gt=0, description="smallest image area fed to the VLM, pixels")
+    max_pixels: int = Field(1354752, gt=0, description="largest image area fed to the VLM, pixels")
+    continuous: bool = Field(
+        False, description="scores as expected values over the digits 1-5 instead of integers"
+    )
+    max_new_tokens: int = Field(128, gt=0, description="judge answer length limit, tokens")
+    reflector_model: str = Field(
+        "", description="Qwen2.5-VL folder of the reflector; empty = share the judge's weights"
+    )
+    reflector_retries: int = Field(
+        1, ge=0, description="extra reflector calls after an invalid answer, then `Invalid`"
+    )
+    reflector_max_new_tokens: int = Field(
+        256, gt=0, description="length limit of each reflector answer, tokens"
+    )
+    success_min_overall: float = Field(
+        4.0, ge=1, le=5, description="Success needs an overall score at least this (1-5)"
+    )
+    success_min_dimension: float = Field(
+        3.0, ge=1, le=5, description="Success needs every dimension at least this (1-5)"
+    )
+    noop_max_change: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="no-op guard: an edit changing at most this much (0-1, see rewards/verdict.py) "
+        "is never Success",
+    )
+
+    @model_validator(mode="after")
+    def _check_pixel_bounds(self) -> "JudgeSettings":
+        if self.min_pixels > self.max_pixels:
+            raise ValueError(
+                f"min_pixels={self.min_pixels} is larger than max_pixels={self.max_pixels}"
+            )
+        return self

@@ -24,6 +24,9 @@ class JudgeItem:
     edited: Image.Image
     instruction: str
     edit_type: EditType
+    # The region the instruction targets (mode "L" or "1", source size, nonzero = inside), known
+    # in synthetic domains; only the pixel judge reads it.
+    mask: Image.Image | None = None
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class Scores:
     raw_output: str
     latency_s: float
     model: str
+    detail: str = ""  # why the output is unparseable, or which dimension was capped
 
 
 class ReflectionTag(StrEnum):
@@ -59,6 +63,8 @@ class Reflection:
     raw_output: str
     tries: int
     model: str
+    detail: str = ""  # why the last answer broke the protocol (tag `Invalid`)
+    latency_s: float = 0.0
 
 
 class Scorer(Protocol):

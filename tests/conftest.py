@@ -1,9 +1,25 @@
-"""Shared fixtures: real services (tests/fixtures/services.py) and tiny models built once."""
+"""Shared fixtures: real services, tiny models built once, and one torch thread per test.
+
+One thread: on a small shared CPU, several torch threads per test process oversubscribe the
+cores and the tiny models run 5-20x slower, not faster.
+"""
 
 import os
+from collections.abc import Iterator
+
+import pytest
+import torch
 
 # Nothing may be fetched from a hub at test time; tiny models are built locally.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-pytest_plugins = ["tests.fixtures.services"]
+pytest_plugins = ["tests.fixtures.services", "tests.fixtures.judges", "tests.fixtures.editors"]
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -1,18 +1,22 @@
 """The Celery app: JSON only, late acks, no result backend; configured from `WorkerSettings`."""
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from workers.settings import WorkerSettings
 
 EDIT_QUEUE = "edit"
 JUDGE_QUEUE = "judge"
 
-app = Celery("editloop", include=["workers.tasks"])
-
 
 def configure_celery(settings: WorkerSettings) -> Celery:
-    """Apply `settings` to the process's Celery app and return it."""
+    """A Celery app for `settings`, made the process's current and default app.
+
+    A new app each time: an app caches its broker connection pool on first use, so re-using one
+    with another broker URL would keep sending to the old broker.
+    """
+    app = Celery("editloop", include=["workers.tasks"], set_as_current=True)
+    app.set_default()
     broker_url = settings.broker_url.get_secret_value()
     transport_options: dict[str, object] = {}
     if broker_url.startswith(("redis://", "rediss://")):
@@ -37,11 +41,14 @@ def configure_celery(settings: WorkerSettings) -> Celery:
         worker_prefetch_multiplier=1,
         task_soft_time_limit=settings.soft_time_limit_s,
         task_time_limit=settings.time_limit_s,
-        task_queues=[Queue(EDIT_QUEUE), Queue(JUDGE_QUEUE)],
+        task_queues=[
+            Queue(EDIT_QUEUE, Exchange(EDIT_QUEUE), routing_key=EDIT_QUEUE),
+            Queue(JUDGE_QUEUE, Exchange(JUDGE_QUEUE), routing_key=JUDGE_QUEUE),
+        ],
         task_default_queue=EDIT_QUEUE,
         task_routes={
-            "editloop.edit_batch": {"queue": EDIT_QUEUE},
-            "editloop.judge_batch": {"queue": JUDGE_QUEUE},
+            "editloop.edit_batch": {"queue": EDIT_QUEUE, "routing_key": EDIT_QUEUE},
+            "editloop.judge_batch": {"queue": JUDGE_QUEUE, "routing_key": JUDGE_QUEUE},
         },
         task_always_eager=settings.eager,
         task_eager_propagates=True,

@@ -24,6 +24,11 @@ from workers.context import WorkerContext
 EDIT_PREFIX = "edits"
 
 
+def db_text(value: str | None) -> str | None:
+    """Model output made storable as is: PostgreSQL text refuses NUL, which random models emit."""
+    return value.replace("\x00", "\ufffd") if value else value
+
+
 @dataclass(frozen=True)
 class _EditWork:
     attempt_id: int
@@ -194,14 +199,14 @@ def judge_attempts(context: WorkerContext, attempt_ids: list[int]) -> list[int]:
                 "dimension_names": {"names": list(score.dimension_names)},
                 "parse_status": score.status.value,
                 "verdict": decision.verdict,
-                "reason": f"{decision.reason.value}: {decision.detail}",
-                "revised_instruction": decision.new_instruction,
-                "target_description": reflection.target_description if reflection else None,
-                "think": reflection.think if reflection else None,
+                "reason": db_text(f"{decision.reason.value}: {decision.detail}"),
+                "revised_instruction": db_text(decision.new_instruction),
+                "target_description": db_text(reflection and reflection.target_description),
+                "think": db_text(reflection and reflection.think),
                 "judge_model": score.model,
                 "reflector_model": reflection.model if reflection else None,
-                "raw_judge_output": score.raw_output,
-                "raw_reflector_output": reflection.raw_output if reflection else None,
+                "raw_judge_output": db_text(score.raw_output),
+                "raw_reflector_output": db_text(reflection and reflection.raw_output),
                 "latency_s": latency,
                 "created_at": utcnow(),
             }

@@ -1,8 +1,9 @@
 """Thin Celery tasks: attempt ids in, results written to the database, next stage enqueued."""
 
+from celery import shared_task
+
 from store.db import DatabaseUnavailable
 from store.objects import StoreUnavailable
-from workers.app import app
 from workers.context import get_worker_context
 from workers.stages import edit_attempts, judge_attempts
 
@@ -14,7 +15,7 @@ _RETRY = {
 }
 
 
-@app.task(name="editloop.edit_batch", ignore_result=True, **_RETRY)
+@shared_task(name="editloop.edit_batch", ignore_result=True, **_RETRY)
 def edit_batch(attempt_ids: list[int]) -> None:
     """Edit a batch of dispatched attempts, then send the edited ones to the judge queue."""
     edited = edit_attempts(get_worker_context(), attempt_ids)
@@ -22,7 +23,7 @@ def edit_batch(attempt_ids: list[int]) -> None:
         judge_batch.delay(edited)
 
 
-@app.task(name="editloop.judge_batch", ignore_result=True, **_RETRY)
+@shared_task(name="editloop.judge_batch", ignore_result=True, **_RETRY)
 def judge_batch(attempt_ids: list[int]) -> None:
     """Judge a batch of edited attempts; the controller reads the verdicts from the database."""
     judge_attempts(get_worker_context(), attempt_ids)

@@ -1,0 +1,80 @@
+"""Build what a worker process needs from the settings: the composition root of the models."""
+
+from pathlib import Path
+
+from loop.services import open_database, open_store
+from loop.settings import Settings
+from policies.checkpoints import fetch_checkpoint
+from policies.editor import BASE_VERSION, InstructionEditor
+from policies.tiny import ensure_tiny_editor
+from policies.types import Editor
+from rewards.factory import judge_model_dir, load_judges, verdict_thresholds
+from rewards.types import Reflector, Scorer
+from store.models import Checkpoint
+from store.objects import ObjectStore
+from workers.context import ModelCache, WorkerContext
+
+TINY_EDITOR_DIR = Path("models") / "tiny-instruct-pix2pix"
+
+
+def editor_model_dir(settings: Settings) -> Path | str:
+    """The editor checkpoint: `editor.model`, or the tiny InstructPix2Pix (built once)."""
+    if settings.editor.model:
+        return settings.editor.model
+    return ensure_tiny_editor(settings.data_dir / TINY_EDITOR_DIR)
+
+
+def load_editor(
+    settings: Settings, store: ObjectStore, old: Editor | None, checkpoint: Checkpoint | None
+) -> Editor:
+    """The diffusers editor at `checkpoint` (None: base), switching `old` in place when given."""
+    editor = old if isinstance(old, InstructionEditor) else None
+    if editor is None:
+        editor = InstructionEditor.from_settings(settings.editor, model=editor_model_dir(settings))
+    if checkpoint is None:
+        if editor.version != BASE_VERSION:
+            editor.use_base()
+    else:
+        if not checkpoint.object_prefix:
+            raise ValueError(f"checkpoint {checkpoint.version} has no object prefix")
+        cache = settings.data_dir / "checkpoint-cache"
+        editor.use_checkpoint(
+            checkpoint.version, fetch_checkpoint(store, checkpoint.object_prefix, cache)
+        )
+    return editor
+
+
+# The tiny judge is random: at ImgEdit-Judge's 1 MP bounds and answer lengths it would only
+# spend minutes of CPU on gibberish, so the embedded default feeds it small images, short answers.
+TINY_JUDGE_LIMITS = {
+    "min_pixels": 56 * 56,
+    "max_pixels": 112 * 112,
+    "max_new_tokens": 24,
+    "reflector_max_new_tokens": 24,
+}
+
+
+def load_model_judges(settings: Settings) -> tuple[Scorer, Reflector | None]:
+    """The ImgEdit-Judge scorer and the ReasonEdit reflector the settings name."""
+    judge = settings.judge
+    if not judge.model:
+        judge = judge.model_copy(update=TINY_JUDGE_LIMITS)
+    judges = load_judges(judge, judge_model_dir(judge, settings.data_dir))
+    return judges.scorer, judges.reflector
+
+
+def build_worker_context(settings: Settings) -> WorkerContext:
+    """Database, store and lazily loaded models for one worker process (or the eager loop)."""
+    store = open_store(settings)
+    return WorkerContext(
+        session_factory=open_database(settings),
+        store=store,
+        models=ModelCache(
+            load_editor=lambda old, checkpoint: load_editor(settings, store, old, checkpoint),
+            load_judges=lambda: load_model_judges(settings),
+        ),
+        image_limits=settings.store.image_limits(),
+        thresholds=verdict_thresholds(settings.judge),
+        judge_timeout_s=settings.worker.dispatch_timeout_s,
+        retries=settings.store.retries,
+    )
