@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
-from loop import judge_command
+from loop import edit_command, judge_command
 from loop.controller import RunConfig, run_loop
 from loop.ingest import Columns, IngestReport, ingest_rows, read_rows
 from loop.runtime import build_worker_context
@@ -35,6 +35,7 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Manage the metadata database schema (Alembic).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.command("edit")(edit_command.edit)
 app.command("judge")(judge_command.judge)
 console = Console()
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"

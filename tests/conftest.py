@@ -14,7 +14,12 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-pytest_plugins = ["tests.fixtures.services", "tests.fixtures.judges", "tests.fixtures.editors"]
+pytest_plugins = [
+    "tests.fixtures.services",
+    "tests.fixtures.judges",
+    "tests.fixtures.editors",
+    "tests.fixtures.workers",
+]
 
 
 @pytest.fixture(autouse=True)

@@ -28,6 +28,15 @@ def configure_celery(settings: WorkerSettings) -> Celery:
             "unacked_restore_interval": 1,
             "unacked_restore_throttle": 1,
         }
+    elif broker_url.startswith("filesystem://"):
+        # The embedded mode's serverless broker. It loses a message whose worker is killed
+        # (it deletes the file on pickup): the controller's re-dispatch is what recovers it.
+        if not settings.broker_folder:
+            raise ValueError("broker_url=filesystem:// needs worker.broker_folder to be set")
+        transport_options = {
+            "data_folder_in": settings.broker_folder,
+            "data_folder_out": settings.broker_folder,
+        }
     app.conf.update(
         broker_url=broker_url,
         broker_transport_options=transport_options,

@@ -14,6 +14,9 @@ class WorkerSettings(BaseModel):
     judge_batch_size: int = Field(8, gt=0, description="attempt ids per judge task")
     soft_time_limit_s: int = Field(600, gt=0, description="soft time limit of one task")
     time_limit_s: int = Field(660, gt=0, description="hard time limit of one task")
+    broker_folder: str = Field(
+        "", description="folder of the local filesystem:// broker (one machine, no server)"
+    )
     visibility_timeout_s: int = Field(
         3600, gt=0, description="Redis: seconds before an unacknowledged task is redelivered"
     )

@@ -89,7 +89,9 @@ def _edit_group(context: WorkerContext, group: list[_EditWork], edit) -> list[in
             ext="png",
             content_type="image/png",
         )
-        outputs[item.attempt_id] = (key, result.wall_time_s)
+        # The pipeline call's time is shared by its batch: GPU-seconds per attempt is a share.
+        share = result.wall_time_s / float(result.params.get("batch_size", 1))
+        outputs[item.attempt_id] = (key, share)
 
     def record() -> list[int]:
         done = []

@@ -1,0 +1,71 @@
+"""Loading a diffusers edit pipeline from a local folder or the local hub cache; never downloads."""
+
+from pathlib import Path
+
+import torch
+from diffusers import DiffusionPipeline
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import LocalEntryNotFoundError
+
+from policies.pipelines import PipelineSpec
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_model_dir(model: str | Path) -> Path:
+    """The local folder of `model`: a diffusers folder, or a hub id already in the local cache."""
+    if not str(model):
+        raise ValueError(
+            "model is empty: give a diffusers folder or a cached hub id (the embedded default "
+            "builds a tiny one with policies.tiny.ensure_tiny_editor)"
+        )
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path.resolve()
+    try:
+        return Path(snapshot_download(repo_id=str(model), local_files_only=True))
+    except (LocalEntryNotFoundError, ValueError) as exc:
+        # ValueError: not even a valid repo id (e.g. an absolute path that does not exist).
+        raise ValueError(
+            f"model={str(model)!r} is neither a folder nor a hub id in the local Hugging Face "
+            "cache; editloop never downloads models (fetch it first, e.g. `hf download ID`)"
+        ) from exc
+
+
+def torch_dtype(name: str, device: str) -> torch.dtype:
+    """The dtype named by the settings; `auto` is bfloat16 on a GPU and float32 elsewhere."""
+    if name == "auto":
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    if name not in _DTYPES:
+        raise ValueError(f"dtype={name!r}: choose auto or one of {sorted(_DTYPES)}")
+    return _DTYPES[name]
+
+
+def set_scheduler(pipeline: DiffusionPipeline, name: str) -> None:
+    """Replace the pipeline's scheduler by the compatible class `name` (`default` keeps it)."""
+    if name == "default":
+        return
+    compatible = {cls.__name__: cls for cls in pipeline.scheduler.compatibles}
+    if name not in compatible:
+        raise ValueError(
+            f"scheduler={name!r} does not fit {type(pipeline).__name__}; choose default or one "
+            f"of {sorted(compatible)}"
+        )
+    pipeline.scheduler = compatible[name].from_config(pipeline.scheduler.config)
+
+
+def load_pipeline(
+    spec: PipelineSpec, model_dir: Path, *, device: str, dtype: str, scheduler: str
+) -> DiffusionPipeline:
+    """Load the pipeline saved in `model_dir` with `from_pretrained`, on `device`, ready to call."""
+    pipeline = spec.pipeline_class.from_pretrained(
+        model_dir,
+        dtype=torch_dtype(dtype, device),
+        local_files_only=True,
+        **spec.extra_components(model_dir),
+    )
+    set_scheduler(pipeline, scheduler)
+    pipeline.to(device)
+    # One progress bar per pipeline call would flood worker logs.
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
