@@ -19,7 +19,7 @@ from loop.runtime import build_worker_context
 from loop.schema import SchemaOutdated, ensure_schema
 from loop.services import open_database, open_store
 from loop.settings import get_settings, masked_settings
-from loop.status import StatusReport, collect_status
+from loop.status import StatusReport, collect_status, round_metrics_of
 from migrations import downgrade, upgrade
 from store.db import DatabaseUnavailable
 from store.objects import StoreUnavailable
@@ -170,30 +170,36 @@ def _print_status(report: StatusReport) -> None:
     console.print(table)
 
 
-ROUND_COLUMNS = {
+ROUND_METRICS = {
     "attempts": "attempts/total",
-    "success": "verdict/Success/rate",
-    "reflection": "verdict/Reflection/rate",
-    "failed": "verdict/Failed/rate",
-    "chains ok": "chains/success_rate",
-    "ok at 0": "chains/success_after_0",
-    "ok at 1": "chains/success_after_1",
-    "ok at 2": "chains/success_after_2",
-    "overall": "scores/overall/mean",
+    "Success rate": "verdict/Success/rate",
+    "Reflection rate": "verdict/Reflection/rate",
+    "Failed rate": "verdict/Failed/rate",
+    "chains succeeded": "chains/success_rate",
+    "  at once": "chains/success_after_0",
+    "  after 1 retry": "chains/success_after_1",
+    "  after 2 retries": "chains/success_after_2",
+    "mean overall score": "scores/overall/mean",
     "attempts/s": "throughput/attempts_per_s",
 }
 
 
 def _print_round(number: int, metrics: dict[str, float]) -> None:
-    table = Table(title=f"round {number}")
-    for column in ROUND_COLUMNS:
-        table.add_column(column, justify="right")
-    table.add_row(
-        *(
-            f"{metrics.get(key, 0.0):.3g}" if "rate" in key or "/" in key else str(metrics[key])
-            for key in ROUND_COLUMNS.values()
-        )
+    console.print(
+        f"round {number}: {metrics['attempts/total']:g} attempts, "
+        f"{metrics['chains/success_rate']:.0%} of chains succeeded, "
+        f"{metrics['throughput/attempts_per_s']:.2f} attempts/s",
+        highlight=False,
     )
+
+
+def _print_rounds(rounds: list[dict[str, float]]) -> None:
+    table = Table(title="round metrics")
+    table.add_column("metric")
+    for number in range(len(rounds)):
+        table.add_column(f"round {number}", justify="right")
+    for label, key in ROUND_METRICS.items():
+        table.add_row(label, *(f"{metrics.get(key, 0.0):.3g}" for metrics in rounds))
     console.print(table)
 
 
@@ -235,13 +241,16 @@ def run(
         configure_celery(settings.worker)
         if settings.worker.eager:
             set_worker_context(build_worker_context(settings))
-        run_loop(
-            factory=open_database(settings),
+        factory = open_database(settings)
+        run_id = run_loop(
+            factory=factory,
             dispatcher=CeleryDispatcher(),
             config=config,
             on_round=_print_round,
             retries=settings.store.retries,
         )
+        with factory() as session:
+            _print_rounds(round_metrics_of(session, run_id))
     except (DatabaseUnavailable, StoreUnavailable, SchemaOutdated, RuntimeError) as exc:
         raise fail(str(exc)) from None
     except KeyboardInterrupt:

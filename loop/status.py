@@ -40,3 +40,13 @@ def collect_status(session: Session) -> StatusReport:
         samples=samples or 0,
         checkpoints_by_status=by_status(Checkpoint.status),
     )
+
+
+def round_metrics_of(session: Session, run_id: int) -> list[dict[str, float]]:
+    """The stored metrics of a run's rounds, in order."""
+    return [
+        dict(metrics)
+        for metrics in session.scalars(
+            select(Round.metrics).where(Round.run_id == run_id).order_by(Round.number)
+        )
+    ]
