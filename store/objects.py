@@ -69,10 +69,13 @@ def content_key(data: bytes, *, prefix: str, ext: str) -> str:
 def put_content(
     store: ObjectStore, data: bytes, *, prefix: str, ext: str, content_type: str
 ) -> str:
-    """Write `data` content-addressed and return its key; an existing identical object is kept."""
+    """Write `data` content-addressed and return its key.
+
+    No existence check first: rewriting the same bytes under the same key is harmless and one
+    request cheaper than asking (callers that expect duplicates check their rows instead).
+    """
     key = content_key(data, prefix=prefix, ext=ext)
-    if not store.exists(key):
-        store.put(key, data, content_type)
+    store.put(key, data, content_type)
     return key
 
 
