@@ -22,6 +22,7 @@ a right edit scores (5, 3-5, 5), a wrong one has following or preservation at mo
 import time
 from collections.abc import Sequence
 
+from rewards.prompts import DIMENSIONS
 from rewards.types import (
     JudgeItem,
     ParseStatus,
@@ -48,16 +49,10 @@ SCORER_MODEL = "shapes-exact"
 REFLECTOR_MODEL = "shapes-rule"
 
 # ImgEdit-Judge's dimension names (following, quality, preservation) for the edit types the
-# shapes world produces. Copied from the table in JUDGE.md.
+# shapes world produces.
 DIMENSION_NAMES: dict[EditType, tuple[str, str, str]] = {
-    EditType.ALTER: ("Prompt Compliance", "Visual Seamlessness", "Physical & Detail Fidelity"),
-    EditType.REMOVE: ("Prompt Compliance", "Visual Naturalness", "Physical & Detail Integrity"),
-    EditType.BACKGROUND: ("Instruction Compliance", "Visual Seamlessness", "Physical Consistency"),
-    EditType.HYBRID: (
-        "Instruction Compliance",
-        "Visual Naturalness",
-        "Physical Consistency & Fine Detail",
-    ),
+    edit_type: DIMENSIONS[edit_type]
+    for edit_type in (EditType.ALTER, EditType.REMOVE, EditType.BACKGROUND, EditType.HYBRID)
 }
 _UNKNOWN_DIMENSIONS = ("Instruction Following", "Edit Quality", "Detail Preservation")
 
