@@ -27,6 +27,10 @@ def configure_celery(settings: WorkerSettings) -> Celery:
             "visibility_timeout": settings.visibility_timeout_s,
             "unacked_restore_interval": 1,
             "unacked_restore_throttle": 1,
+            # Without socket timeouts a publish on a connection to a killed server can block
+            # for good; with them it fails, and the attempts are re-sent at their deadline.
+            "socket_timeout": 10,
+            "socket_connect_timeout": 5,
         }
     elif broker_url.startswith("filesystem://"):
         # The embedded mode's serverless broker. It loses a message whose worker is killed
@@ -41,6 +45,15 @@ def configure_celery(settings: WorkerSettings) -> Celery:
         broker_url=broker_url,
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
+        broker_connection_timeout=5,
+        # A send gives up after a few seconds instead of retrying for minutes: the controller
+        # keeps the attempts dispatched with a deadline and re-sends them when it lapses.
+        task_publish_retry_policy={
+            "max_retries": 3,
+            "interval_start": 0.2,
+            "interval_step": 0.5,
+            "interval_max": 2,
+        },
         result_backend=None,
         task_ignore_result=True,
         task_serializer="json",
