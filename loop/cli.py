@@ -4,7 +4,7 @@ import json
 import os
 import socket
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import typer
@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from loop import edit_command, judge_command
 from loop.controller import RunConfig, run_loop
+from loop.gc import collect_garbage
 from loop.ingest import Columns, IngestReport, ingest_rows, read_rows
 from loop.runtime import build_worker_context
 from loop.schema import SchemaOutdated, ensure_schema
@@ -297,6 +298,30 @@ def worker(
             "--without-mingle",
         ]
     )
+
+
+@app.command("gc")
+def gc(
+    grace_minutes: float = typer.Option(
+        60, min=0, help="Keep unreferenced objects younger than this (rows may be on their way)."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List what would be deleted."),
+) -> None:
+    """Delete stored images that no task or attempt references (left by crashes)."""
+    settings = get_settings()
+    try:
+        ensure_schema(settings)
+        garbage = collect_garbage(
+            open_database(settings),
+            open_store(settings),
+            grace=timedelta(minutes=grace_minutes),
+            dry_run=dry_run,
+        )
+    except (DatabaseUnavailable, StoreUnavailable, SchemaOutdated) as exc:
+        raise fail(str(exc)) from None
+    for key in garbage:
+        console.print(key, highlight=False)
+    console.print(f"{len(garbage)} unreferenced objects {'found' if dry_run else 'deleted'}")
 
 
 @app.command("demo")

@@ -7,7 +7,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -33,6 +33,7 @@ class ObjectInfo:
     key: str
     size: int
     content_type: str | None
+    modified: datetime | None = None
 
 
 class ObjectStore(Protocol):
@@ -121,7 +122,9 @@ class LocalStore:
         path = self._path(key)
         if not path.is_file():
             raise ObjectNotFound(key)
-        return ObjectInfo(key=key, size=path.stat().st_size, content_type=None)
+        stat = path.stat()
+        modified = datetime.fromtimestamp(stat.st_mtime, UTC)
+        return ObjectInfo(key=key, size=stat.st_size, content_type=None, modified=modified)
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
@@ -254,7 +257,12 @@ class S3Store:
             if exc.code in {"NoSuchKey", "NoSuchObject", "NotFound"}:
                 raise ObjectNotFound(key) from None
             raise
-        return ObjectInfo(key=key, size=info.size or 0, content_type=info.content_type)
+        return ObjectInfo(
+            key=key,
+            size=info.size or 0,
+            content_type=info.content_type,
+            modified=info.last_modified,
+        )
 
     def exists(self, key: str) -> bool:
         try:

@@ -1,6 +1,7 @@
 """One contract for every object store: LocalStore and S3Store (real minio SDK against moto)."""
 
 import hashlib
+from datetime import UTC, datetime
 import threading
 import time
 import urllib.request
@@ -23,7 +24,10 @@ def test_put_get_round_trip_and_stat(object_store: ObjectStore) -> None:
     object_store.put("a/b/c.bin", b"\x00\x01payload", "application/octet-stream")
     assert object_store.get("a/b/c.bin") == b"\x00\x01payload"
     assert object_store.exists("a/b/c.bin")
-    assert object_store.stat("a/b/c.bin").size == 9
+    info = object_store.stat("a/b/c.bin")
+    assert info.size == 9
+    assert info.modified is not None
+    assert abs((datetime.now(UTC) - info.modified).total_seconds()) < 60
 
 
 def test_put_replaces_an_existing_object(object_store: ObjectStore) -> None:
