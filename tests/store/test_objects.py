@@ -1,10 +1,10 @@
 """One contract for every object store: LocalStore and S3Store (real minio SDK against moto)."""
 
 import hashlib
-from datetime import UTC, datetime
 import threading
 import time
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
