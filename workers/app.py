@@ -40,6 +40,7 @@ def configure_celery(settings: WorkerSettings) -> Celery:
         transport_options = {
             "data_folder_in": settings.broker_folder,
             "data_folder_out": settings.broker_folder,
+            "control_folder": f"{settings.broker_folder}/control",  # else ./control in the cwd
         }
     app.conf.update(
         broker_url=broker_url,
