@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Protocol
 
+from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
@@ -329,8 +330,10 @@ def _send(send: Callable[[Sequence[int]], None], ids: list[int], batch_size: int
     for start in range(0, len(ids), batch_size):
         try:
             send(ids[start : start + batch_size])
-        except Exception:  # noqa: BLE001 - a broker error must not stop the controller
-            # The attempts keep their deadline and are re-sent when it lapses.
+        except (KombuOperationalError, OSError):
+            # A broker that is down must not stop the controller: the attempts keep their
+            # deadline and are re-sent when it lapses. (Other errors, e.g. a model that fails to
+            # load in eager mode, are the user's to see at once.)
             log.exception("sending %d attempts failed; they will be re-sent", batch_size)
 
 
