@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
-from loop import edit_command, judge_command
+from loop import edit_command, judge_command, train_command
 from loop.controller import RunConfig, run_loop
 from loop.gc import collect_garbage
 from loop.ingest import Columns, IngestReport, ingest_rows, read_rows
@@ -38,6 +38,8 @@ db_app = typer.Typer(help="Manage the metadata database schema (Alembic).", no_a
 app.add_typer(db_app, name="db")
 app.command("edit")(edit_command.edit)
 app.command("judge")(judge_command.judge)
+app.command("train")(train_command.train)
+app.command("trainer")(train_command.trainer)
 console = Console()
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
 
@@ -234,6 +236,7 @@ def run(
         dispatch_timeout_s=settings.worker.dispatch_timeout_s,
         max_dispatches=settings.worker.max_dispatches,
         train_min_new_samples=train_every,
+        heldout_origin=settings.training.eval_origin,
         seed=seed,
     )
     console.print(f"run {config.name} ({'in-process' if settings.worker.eager else 'workers'})")

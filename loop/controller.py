@@ -55,6 +55,7 @@ class RunConfig:
     max_dispatches: int = 3  # sends per attempt before it ends Failed
     poll_interval_s: float = 0.5  # how often the controller reads the state
     train_min_new_samples: int = 0  # queue a train_job when the pool grew by this (0: never)
+    heldout_origin: str = "heldout"  # tasks of this origin are the gate's, never edited in rounds
     seed: int = 0
 
 
@@ -152,7 +153,11 @@ def _open_round(
 
 def pick_tasks(session: Session, config: RunConfig, number: int) -> list[int]:
     """A seeded draw of `tasks_per_round` task ids for round `number` (the same on resume)."""
-    ids = list(session.scalars(select(Task.id).order_by(Task.id)))
+    ids = list(
+        session.scalars(
+            select(Task.id).where(Task.origin != config.heldout_origin).order_by(Task.id)
+        )
+    )
     rng = random.Random(f"{config.seed}:{config.name}:{number}")
     return sorted(rng.sample(ids, min(config.tasks_per_round, len(ids))))
 

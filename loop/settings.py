@@ -19,6 +19,7 @@ from pydantic_settings import (
 )
 
 from policies.settings import EditorSettings
+from policies.training.settings import TrainingSettings
 from rewards.settings import JudgeSettings
 from store.db import sqlite_url
 from store.settings import StoreSettings
@@ -38,6 +39,7 @@ class Settings(BaseSettings):
     editor: EditorSettings = EditorSettings()
     judge: JudgeSettings = JudgeSettings()
     worker: WorkerSettings = WorkerSettings()
+    training: TrainingSettings = TrainingSettings()
 
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> "Settings":
