@@ -121,17 +121,7 @@ def renew_lease(
     values: dict[str, Any] = {"lease_expires_at": utcnow() + timedelta(seconds=lease_s)}
     if progress_step is not None:
         values["progress_step"] = progress_step
-    with factory() as session, session.begin():
-        renewed = session.execute(
-            update(TrainJob)
-            .where(
-                TrainJob.id == job_id,
-                TrainJob.lease_owner == owner,
-                TrainJob.status == TrainJobStatus.RUNNING,
-            )
-            .values(**values)
-        )
-        return renewed.rowcount == 1
+    return _update_held_job(factory, job_id, owner, values)
 
 
 def end_job(
@@ -149,8 +139,15 @@ def end_job(
         values["lease_owner"] = None
     if progress_step is not None:
         values["progress_step"] = progress_step
+    return _update_held_job(factory, job_id, owner, values)
+
+
+def _update_held_job(
+    factory: sessionmaker[Session], job_id: int, owner: str, values: dict[str, Any]
+) -> bool:
+    """Update a running job only while `owner` holds it; False when it is no longer ours."""
     with factory() as session, session.begin():
-        ended = session.execute(
+        changed = session.execute(
             update(TrainJob)
             .where(
                 TrainJob.id == job_id,
@@ -159,7 +156,7 @@ def end_job(
             )
             .values(**values)
         )
-        return ended.rowcount == 1
+        return changed.rowcount == 1
 
 
 class LeaseKeeper:
