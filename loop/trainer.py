@@ -82,16 +82,20 @@ def claim_job(factory: sessionmaker[Session], *, owner: str, lease_s: float) -> 
     """Claim the oldest queued job, or a running one whose lease lapsed; its id, or None."""
 
     def claim() -> int | None:
-        now = utcnow()
-        with factory() as session, session.begin():
-            candidates = session.scalars(
-                select(TrainJob.id)
-                .where(_claimable(now))
-                .order_by(TrainJob.id)
-                .limit(8)
-                .with_for_update(skip_locked=True)
-            ).all()
-            for job_id in candidates:
+        # One row locked at a time: locking several would hide all of them from the other
+        # claimers (SKIP LOCKED) while this one takes only the first.
+        for _ in range(8):
+            now = utcnow()
+            with factory() as session, session.begin():
+                job_id = session.scalar(
+                    select(TrainJob.id)
+                    .where(_claimable(now))
+                    .order_by(TrainJob.id)
+                    .limit(1)
+                    .with_for_update(skip_locked=True)
+                )
+                if job_id is None:
+                    return None
                 # The condition again: on SQLite (no row locks) this UPDATE is the claim.
                 claimed = session.execute(
                     update(TrainJob)
@@ -104,6 +108,7 @@ def claim_job(factory: sessionmaker[Session], *, owner: str, lease_s: float) -> 
                 )
                 if claimed.rowcount == 1:
                     return job_id
+            # Another claimer took it between our SELECT and our UPDATE (SQLite): look again.
         return None
 
     return with_db_retry(claim, what="claiming a train job")
