@@ -17,6 +17,8 @@ from tests.fixtures.services import TcpProxy, free_port
 from tests.fixtures.workers import EDITLOOP, LoopSetup
 
 REDIS_URL = "redis://127.0.0.1:6379/8"
+# Celery's log line when a worker takes an edit task (the start-up banner only lists the name).
+RECEIVED_EDIT = "Task editloop.edit_batch["
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
@@ -61,14 +63,17 @@ def wait_until(condition, timeout: float = 120) -> None:  # type: ignore[no-unty
 
 def test_worker_killed_mid_edit_batch(moto_endpoint: str, loop_setup_factory) -> None:  # type: ignore[no-untyped-def]
     setup = loop_setup_factory(moto_endpoint, REDIS_URL)
-    doomed, survivor = setup.workers(2)
+    # The doomed worker edits slowly (200 steps), so the kill lands inside its batch; the
+    # survivor starts afterwards so that the doomed one surely takes a batch first.
+    doomed = setup.worker(EDITLOOP_EDITOR__STEPS="200")
+    doomed.wait_for("ready.")
     controller = in_background(lambda: setup.run(setup.config("kill-worker")))
-    # The first edit task also loads the editor: killing on receipt lands mid-batch.
-    doomed.wait_for("editloop.edit_batch")
+    doomed.wait_for(RECEIVED_EDIT)
     doomed.kill()
+    survivor = setup.worker()
     join_ok(controller)
     setup.assert_exactly_once()
-    assert "editloop.edit_batch" in survivor.text()
+    assert RECEIVED_EDIT in survivor.text()
 
 
 def test_broker_killed_and_restarted_with_tasks_queued(
@@ -173,11 +178,12 @@ def test_local_broker_worker_killed_mid_task(
     setup = loop_setup_factory(
         moto_endpoint, "filesystem://", EDITLOOP_WORKER__BROKER_FOLDER=str(folder)
     )
-    doomed = setup.worker()
+    # Slow edits (200 steps) make sure the kill lands while the batch is being worked on.
+    doomed = setup.worker(EDITLOOP_EDITOR__STEPS="200")
     doomed.wait_for("ready.")
     config = setup.config("local-broker", dispatch_timeout_s=10.0)
     controller = in_background(lambda: setup.run(config))
-    doomed.wait_for("editloop.edit_batch")
+    doomed.wait_for(RECEIVED_EDIT)
     doomed.kill()  # the filesystem transport deleted the message on pickup: it is gone
     setup.worker().wait_for("ready.")
     join_ok(controller)
