@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from loop.controller import RunConfig, run_loop
+from loop.gc import referenced_keys
 from loop.ingest import ingest_rows, read_rows
 from migrations import upgrade
 from store.db import make_engine, make_session_factory
@@ -52,14 +53,6 @@ def loop_env(
     set_worker_context(context)
     yield factory, store, editor
     set_worker_context(None)
-
-
-def referenced_keys(session: Session) -> set[str]:
-    sources = set(session.scalars(select(Task.source_key)))
-    outputs = set(
-        session.scalars(select(Attempt.output_key).where(Attempt.output_key.is_not(None)))
-    )
-    return sources | outputs
 
 
 def test_one_round_follows_reflections_to_success(loop_env) -> None:  # type: ignore[no-untyped-def]
