@@ -306,11 +306,14 @@ def worker(
 @app.command("gc")
 def gc(
     grace_minutes: float = typer.Option(
-        60, min=0, help="Keep unreferenced objects younger than this (rows may be on their way)."
+        60,
+        min=0,
+        help="Keep unreferenced objects younger than this (rows or uploads may be on their way).",
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would be deleted."),
 ) -> None:
-    """Delete stored images that no task or attempt references (left by crashes)."""
+    """Delete stored images that no task or attempt references, and staged checkpoint uploads
+    (both left by crashes)."""
     settings = get_settings()
     try:
         ensure_schema(settings)

@@ -6,7 +6,9 @@ the whole claim on SQLite, where there are no row locks) and holds a lease that 
 thread renews while the launcher runs as a subprocess, recording the recipe's progress step. If
 the trainer dies, its launcher dies with it (parent-death signal) and the lease lapses; the next
 trainer to claim the job finds the job folder and the recipe resumes from the last DeepSpeed
-checkpoint. The job folder holds everything a resumption needs, written once:
+checkpoint. A job whose trainer keeps dying (OOM, say) is not re-claimed forever: once it was
+claimed `max_claims` times, the next claimer marks it failed instead. The job folder holds
+everything a resumption needs, written once:
 
     job-000042/job.json            parent checkpoint, data filter, example counts
     job-000042/manifest.jsonl      the examples (the pool at preparation time, not later)
@@ -78,40 +80,78 @@ def _claimable(now: Any) -> Any:
     )
 
 
-def claim_job(factory: sessionmaker[Session], *, owner: str, lease_s: float) -> int | None:
-    """Claim the oldest queued job, or a running one whose lease lapsed; its id, or None."""
+def claim_job(
+    factory: sessionmaker[Session], *, owner: str, lease_s: float, max_claims: int
+) -> int | None:
+    """Claim the oldest queued job, or a running one whose lease lapsed; its id, or None.
+
+    A claimable job already claimed `max_claims` times is marked failed instead (its trainer
+    keeps dying), and the next one is looked at."""
+    if max_claims <= 0:
+        raise ValueError(f"max_claims={max_claims}: at least 1 (training.max_claims)")
 
     def claim() -> int | None:
+        races = 0
         # One row locked at a time: locking several would hide all of them from the other
         # claimers (SKIP LOCKED) while this one takes only the first.
-        for _ in range(8):
+        while races < 8:
             now = utcnow()
             with factory() as session, session.begin():
-                job_id = session.scalar(
-                    select(TrainJob.id)
+                row = session.execute(
+                    select(TrainJob.id, TrainJob.claims)
                     .where(_claimable(now))
                     .order_by(TrainJob.id)
                     .limit(1)
                     .with_for_update(skip_locked=True)
-                )
-                if job_id is None:
+                ).first()
+                if row is None:
                     return None
-                # The condition again: on SQLite (no row locks) this UPDATE is the claim.
-                claimed = session.execute(
-                    update(TrainJob)
-                    .where(TrainJob.id == job_id, _claimable(now))
-                    .values(
-                        status=TrainJobStatus.RUNNING,
-                        lease_owner=owner,
-                        lease_expires_at=now + timedelta(seconds=lease_s),
+                job_id, claims = row
+                # The condition again in each UPDATE: on SQLite (no row locks) it is the claim.
+                if claims >= max_claims:
+                    failed = session.execute(
+                        update(TrainJob)
+                        .where(
+                            TrainJob.id == job_id, _claimable(now), TrainJob.claims >= max_claims
+                        )
+                        .values(
+                            status=TrainJobStatus.FAILED,
+                            lease_expires_at=None,
+                            error=_kept_dying(job_id, claims, max_claims),
+                        )
                     )
-                )
-                if claimed.rowcount == 1:
-                    return job_id
+                    if failed.rowcount == 1:
+                        log.warning("job %d: claimed %d times, marked failed", job_id, claims)
+                        # Not a race: one claimable job fewer. Look at the next one.
+                        continue
+                else:
+                    claimed = session.execute(
+                        update(TrainJob)
+                        .where(TrainJob.id == job_id, _claimable(now), TrainJob.claims < max_claims)
+                        .values(
+                            status=TrainJobStatus.RUNNING,
+                            lease_owner=owner,
+                            lease_expires_at=now + timedelta(seconds=lease_s),
+                            claims=TrainJob.claims + 1,
+                        )
+                    )
+                    if claimed.rowcount == 1:
+                        return job_id
             # Another claimer took it between our SELECT and our UPDATE (SQLite): look again.
+            races += 1
         return None
 
     return with_db_retry(claim, what="claiming a train job")
+
+
+def _kept_dying(job_id: int, claims: int, max_claims: int) -> str:
+    log_file = job_folder(Path(), job_id) / "launcher.log"
+    return (
+        f"claimed {claims} times (training.max_claims={max_claims}) and its trainer kept dying "
+        f"before the job ended (out of memory? killed?): read the last launcher log, {log_file} "
+        "in the trainer's work_dir, and fix the cause (out of memory: a smaller "
+        "recipe.micro_batch_size or zero_stage 3), or raise training.max_claims"
+    )
 
 
 def renew_lease(
@@ -142,6 +182,9 @@ def end_job(
     values: dict[str, Any] = {"status": status, "error": error, "lease_expires_at": None}
     if status == TrainJobStatus.QUEUED:
         values["lease_owner"] = None
+        # A release is not a death: the claim is given back, so that transient failures (the
+        # store down) do not count towards `max_claims`.
+        values["claims"] = TrainJob.claims - 1
     if progress_step is not None:
         values["progress_step"] = progress_step
     return _update_held_job(factory, job_id, owner, values)
@@ -530,7 +573,12 @@ def run_trainer(
     return as soon as no job is claimable. Returns (job id, outcome) of each job processed."""
     done: list[tuple[int, str]] = []
     while not should_stop() and (max_jobs is None or len(done) < max_jobs):
-        job_id = claim_job(parts.factory, owner=owner, lease_s=parts.settings.lease_s)
+        job_id = claim_job(
+            parts.factory,
+            owner=owner,
+            lease_s=parts.settings.lease_s,
+            max_claims=parts.settings.max_claims,
+        )
         if job_id is not None:
             log.info("trainer %s claimed job %d", owner, job_id)
             done.append((job_id, process_job(parts, job_id, owner=owner)))

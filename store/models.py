@@ -249,6 +249,10 @@ class TrainJob(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(128))
     lease_expires_at: Mapped[datetime | None]
     progress_step: Mapped[int] = mapped_column(Integer, default=0)
+    # Claims not given back by a release: each lapsed lease (a trainer that died) keeps its claim,
+    # so the claimer can fail a job whose trainer keeps dying instead of re-claiming it forever.
+    # The server default fills the rows that existed before the column (migration 0002).
+    claims: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     checkpoint_id: Mapped[int | None] = mapped_column(ForeignKey("checkpoint.id"))
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -27,6 +27,12 @@ class TrainingSettings(BaseModel):
     )
     renew_s: float = Field(10.0, gt=0, description="lease renewal interval, s")
     poll_s: float = Field(5.0, gt=0, description="how often an idle trainer looks for jobs, s")
+    max_claims: int = Field(
+        3,
+        gt=0,
+        description="claims of a job whose lease keeps lapsing (its trainer dies: OOM, a crash) "
+        "before the next claimer marks it failed instead",
+    )
     recipe: dict[str, Any] = Field(
         default_factory=dict,
         description="TrainConfig fields for every job (max_steps, zero_stage, mode, resolution, "

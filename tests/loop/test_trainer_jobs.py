@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from pydantic import ValidationError
 from safetensors.torch import load_file
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
@@ -71,9 +72,9 @@ def job_row(factory: sessionmaker[Session], job_id: int) -> TrainJob:
 def test_claims_leases_and_takeover_after_a_lapse(db_url: str) -> None:
     factory = database(db_url)
     first, second = queue_jobs(factory, 2)
-    assert claim_job(factory, owner="a", lease_s=60) == first
-    assert claim_job(factory, owner="b", lease_s=60) == second
-    assert claim_job(factory, owner="c", lease_s=60) is None
+    assert claim_job(factory, owner="a", lease_s=60, max_claims=3) == first
+    assert claim_job(factory, owner="b", lease_s=60, max_claims=3) == second
+    assert claim_job(factory, owner="c", lease_s=60, max_claims=3) is None
     assert renew_lease(factory, first, owner="a", lease_s=60, progress_step=7)
     assert not renew_lease(factory, first, owner="b", lease_s=60)
     assert job_row(factory, first).progress_step == 7
@@ -81,7 +82,7 @@ def test_claims_leases_and_takeover_after_a_lapse(db_url: str) -> None:
     # a's lease lapses (it stopped renewing): c takes the job over, a can no longer touch it.
     assert renew_lease(factory, first, owner="a", lease_s=0.05)
     time.sleep(0.1)
-    assert claim_job(factory, owner="c", lease_s=60) == first
+    assert claim_job(factory, owner="c", lease_s=60, max_claims=3) == first
     assert not renew_lease(factory, first, owner="a", lease_s=60)
     assert not end_job(factory, first, owner="a", status=TrainJobStatus.FINISHED)
     row = job_row(factory, first)
@@ -89,11 +90,56 @@ def test_claims_leases_and_takeover_after_a_lapse(db_url: str) -> None:
 
     # Released (a transient failure): claimable again at once.
     assert end_job(factory, first, owner="c", status=TrainJobStatus.QUEUED, error="store down")
-    assert claim_job(factory, owner="d", lease_s=60) == first
+    assert claim_job(factory, owner="d", lease_s=60, max_claims=3) == first
     assert end_job(factory, first, owner="d", status=TrainJobStatus.FINISHED, progress_step=9)
     row = job_row(factory, first)
     assert (row.status, row.progress_step, row.lease_expires_at) == ("finished", 9, None)
-    assert claim_job(factory, owner="e", lease_s=60) is None  # b still holds the second
+    # b still holds the second.
+    assert claim_job(factory, owner="e", lease_s=60, max_claims=3) is None
+
+
+@pytest.mark.services
+def test_a_job_whose_trainer_keeps_dying_ends_failed_after_max_claims(db_url: str) -> None:
+    factory = database(db_url)
+    dying, other = queue_jobs(factory, 2)
+    with pytest.raises(ValueError, match="max_claims=0"):
+        claim_job(factory, owner="a", lease_s=60, max_claims=0)
+    # Three trainers die in turn (OOM): each claim's lease lapses without a renewal.
+    for owner in ("a", "b", "c"):
+        assert claim_job(factory, owner=owner, lease_s=0.05, max_claims=3) == dying
+        time.sleep(0.1)
+    assert job_row(factory, dying).claims == 3
+    # The fourth claimer fails it instead, and takes the next job.
+    assert claim_job(factory, owner="d", lease_s=60, max_claims=3) == other
+    row = job_row(factory, dying)
+    assert (row.status, row.claims, row.lease_expires_at) == ("failed", 3, None)
+    assert row.error is not None
+    assert "claimed 3 times" in row.error and "its trainer kept dying" in row.error
+    assert f"job-{dying:06d}/launcher.log" in row.error
+    assert claim_job(factory, owner="e", lease_s=60, max_claims=3) is None  # not re-claimed
+
+    # A release (a transient failure) gives its claim back: it is no death.
+    assert end_job(factory, other, owner="d", status=TrainJobStatus.QUEUED, error="store down")
+    assert job_row(factory, other).claims == 0
+    assert claim_job(factory, owner="e", lease_s=60, max_claims=1) == other
+    assert job_row(factory, other).claims == 1
+
+
+def test_the_trainer_fails_a_job_claimed_max_claims_times(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="max_claims"):
+        TrainingSettings(max_claims=0)
+    factory = database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    (job,) = queue_jobs(factory, 1)
+    assert claim_job(factory, owner="dead", lease_s=0.05, max_claims=1) == job
+    time.sleep(0.1)
+    parts = ip2p_parts(
+        factory=factory, store=LocalStore(tmp_path / "objects"), work_dir=tmp_path / "work",
+        store_root=tmp_path / "objects", model_dir=tmp_path / "unused",
+        settings=TrainingSettings(max_claims=1),
+    )  # fmt: skip
+    assert run_trainer(parts, owner="a", wait=False) == []
+    row = job_row(factory, job)
+    assert row.status == TrainJobStatus.FAILED and "claimed 1 times" in (row.error or "")
 
 
 @pytest.mark.services
@@ -104,7 +150,7 @@ def test_concurrent_claims_take_each_job_once(db_url: str) -> None:
     lock = threading.Lock()
 
     def claim(owner: str) -> None:
-        job = claim_job(factory, owner=owner, lease_s=60)
+        job = claim_job(factory, owner=owner, lease_s=60, max_claims=3)
         with lock:
             claimed.append(job)
 
@@ -125,7 +171,7 @@ def test_a_row_locked_by_another_claimer_is_skipped_on_postgres(postgres_url: st
         # Another trainer is between its SELECT … FOR UPDATE and its UPDATE of the first job.
         holder.execute(text("SELECT id FROM train_job WHERE id = :id FOR UPDATE"), {"id": first})
         started = time.monotonic()
-        assert claim_job(factory, owner="b", lease_s=60) == second
+        assert claim_job(factory, owner="b", lease_s=60, max_claims=3) == second
         assert time.monotonic() - started < 5  # skipped, not waited for
 
 
