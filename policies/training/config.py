@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-OBJECTIVES = ("auto", "ip2p", "pixel")
+OBJECTIVES = ("auto", "ip2p", "flow", "pixel")
+TIMESTEP_SAMPLINGS = ("logit_normal", "uniform")
 MODES = ("full", "lora")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -23,11 +24,11 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 class TrainConfig:
     """One fine-tuning run. Paths are local; images come from the object store or local files."""
 
-    model: str  # base editor: a diffusers InstructPix2Pix folder or a pixel editor folder
+    model: str  # base editor: a diffusers folder (a supported edit pipeline) or a pixel editor
     manifest: str  # JSONL of training examples (policies.training.data.write_manifest)
     output_dir: str  # run folder: DeepSpeed checkpoints, loss log, progress, final checkpoint
     init_checkpoint: str = ""  # parent fine-tune applied on the base before training; "" = base
-    objective: str = "auto"  # ip2p, pixel, or auto (pixel if editor_config.json, else ip2p)
+    objective: str = "auto"  # ip2p, flow, pixel, or auto (from the model folder's pipeline)
     mode: str = "full"  # full: every denoiser weight; lora: a peft adapter on the denoiser
     lora_rank: int = 8  # adapter rank (mode lora)
     lora_alpha: float = 8.0  # adapter scale numerator (scale = alpha / rank)
@@ -43,6 +44,7 @@ class TrainConfig:
     drop_text: float = 0.05  # P(text dropped only), InstructPix2Pix CFG training (Brooks+ 2023)
     drop_image: float = 0.05  # P(source image dropped only)
     drop_both: float = 0.05  # P(both dropped)
+    timestep_sampling: str = "logit_normal"  # flow noise levels: logit_normal(0, 1) or uniform
     ema_decay: float = 0.0  # exponential moving average of the weights; 0 = off (ZeRO-2 only)
     zero_stage: int = 2  # 2 or 3: which shipped DeepSpeed config (must match a user config)
     deepspeed_config: str = ""  # a DeepSpeed JSON that replaces the shipped one
@@ -63,6 +65,7 @@ class TrainConfig:
             "objective": self.objective in OBJECTIVES,
             "mode": self.mode in MODES,
             "precision": self.precision in PRECISIONS,
+            "timestep_sampling": self.timestep_sampling in TIMESTEP_SAMPLINGS,
             "zero_stage": self.zero_stage in (2, 3),
             "lora_rank": self.lora_rank > 0,
             "lora_alpha": self.lora_alpha > 0,
@@ -112,6 +115,7 @@ _HELP = {
     "objective": f"one of {OBJECTIVES}",
     "mode": f"one of {MODES}",
     "precision": f"one of {PRECISIONS}",
+    "timestep_sampling": f"one of {TIMESTEP_SAMPLINGS}",
     "zero_stage": "2 or 3",
     "lora_rank": "positive",
     "lora_alpha": "positive",

@@ -26,7 +26,7 @@ class TrainResult:
 
     final_dir: str
     kind: str  # full | lora
-    objective: str  # ip2p | pixel
+    objective: str  # ip2p | flow | pixel
     sample_count: int  # examples in the manifest (pool), without replay
     metrics: dict[str, float]
 
