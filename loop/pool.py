@@ -65,6 +65,9 @@ class PoolFilter:
     exclude_origins: tuple[str, ...] = ()  # never tasks of these datasets (the held-out set)
     direct: bool = True  # include direct examples
     hindsight: bool = True  # include hindsight examples
+    # Every judged edit with an output, whatever its verdict: not a way to train an editor but
+    # the control arm of `editloop bench self-improve` (fine-tuning on unfiltered samples).
+    unfiltered: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # other keys kept for the record
 
     def __post_init__(self) -> None:
@@ -100,7 +103,8 @@ class PoolFilter:
 
 
 def accepted(record: PoolRecord, pool_filter: PoolFilter) -> bool:
-    """Whether `record` is an accepted edit that passes every condition of the filter."""
+    """Whether `record` is an accepted edit (any judged edit when `unfiltered`) that passes every
+    condition of the filter."""
     f = pool_filter
     scores = {
         "min_overall": record.overall,
@@ -109,7 +113,7 @@ def accepted(record: PoolRecord, pool_filter: PoolFilter) -> bool:
         "min_preservation": record.preservation,
     }
     return (
-        record.verdict == Verdict.SUCCESS.value
+        (f.unfiltered or record.verdict == Verdict.SUCCESS.value)
         and record.output_key is not None
         and (f.run_id is None or record.run_id == f.run_id)
         and record.round_number >= f.from_round
@@ -174,12 +178,13 @@ def load_pool_records(session: Session, pool_filter: PoolFilter) -> list[PoolRec
         .join(Round, Round.id == Attempt.round_id)
         .where(
             Attempt.status == AttemptStatus.JUDGED,
-            Judgment.verdict == Verdict.SUCCESS,
             Attempt.output_key.is_not(None),
             Round.number >= pool_filter.from_round,
         )
         .order_by(Attempt.id)
     )
+    if not pool_filter.unfiltered:
+        query = query.where(Judgment.verdict == Verdict.SUCCESS)
     if pool_filter.run_id is not None:
         query = query.where(Round.run_id == pool_filter.run_id)
     if pool_filter.up_to_round is not None:

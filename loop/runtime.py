@@ -6,9 +6,11 @@ from loop.services import open_database, open_store
 from loop.settings import Settings
 from policies.checkpoints import fetch_checkpoint
 from policies.editor import BASE_VERSION, InstructionEditor
+from policies.pixel_editor import PixelEditor, is_pixel_editor
 from policies.tiny import ensure_tiny_editor
 from policies.types import Editor
 from rewards.factory import judge_model_dir, load_judges, verdict_thresholds
+from rewards.shapes_judge import ShapesReflector, ShapesScorer
 from rewards.types import Reflector, Scorer
 from store.models import Checkpoint
 from store.objects import ObjectStore
@@ -27,21 +29,36 @@ def editor_model_dir(settings: Settings) -> Path | str:
 def load_editor(
     settings: Settings, store: ObjectStore, old: Editor | None, checkpoint: Checkpoint | None
 ) -> Editor:
-    """The diffusers editor at `checkpoint` (None: base), switching `old` in place when given."""
+    """The editor at `checkpoint` (None: base), switching `old` in place when given."""
+    model_dir = editor_model_dir(settings)
+    if is_pixel_editor(model_dir):
+        return load_pixel_editor(settings, store, model_dir, checkpoint)
     editor = old if isinstance(old, InstructionEditor) else None
     if editor is None:
-        editor = InstructionEditor.from_settings(settings.editor, model=editor_model_dir(settings))
+        editor = InstructionEditor.from_settings(settings.editor, model=model_dir)
     if checkpoint is None:
         if editor.version != BASE_VERSION:
             editor.use_base()
     else:
-        if not checkpoint.object_prefix:
-            raise ValueError(f"checkpoint {checkpoint.version} has no object prefix")
-        cache = settings.data_dir / "checkpoint-cache"
-        editor.use_checkpoint(
-            checkpoint.version, fetch_checkpoint(store, checkpoint.object_prefix, cache)
-        )
+        editor.use_checkpoint(checkpoint.version, _fetch(settings, store, checkpoint))
     return editor
+
+
+def load_pixel_editor(
+    settings: Settings, store: ObjectStore, model_dir: Path | str, checkpoint: Checkpoint | None
+) -> PixelEditor:
+    """The shapes world's pixel editor: a checkpoint is a whole editor folder (tiny: reloaded)."""
+    folder = model_dir if checkpoint is None else _fetch(settings, store, checkpoint)
+    version = BASE_VERSION if checkpoint is None else checkpoint.version
+    return PixelEditor.from_pretrained(
+        folder, version, batch_size=settings.editor.batch_size, device=settings.editor.device
+    )
+
+
+def _fetch(settings: Settings, store: ObjectStore, checkpoint: Checkpoint) -> Path:
+    if not checkpoint.object_prefix:
+        raise ValueError(f"checkpoint {checkpoint.version} has no object prefix")
+    return fetch_checkpoint(store, checkpoint.object_prefix, settings.data_dir / "checkpoint-cache")
 
 
 # The tiny judge is random: at ImgEdit-Judge's 1 MP bounds and answer lengths it would only
@@ -55,8 +72,11 @@ TINY_JUDGE_LIMITS = {
 
 
 def load_model_judges(settings: Settings) -> tuple[Scorer, Reflector | None]:
-    """The ImgEdit-Judge scorer and the ReasonEdit reflector the settings name."""
+    """The scorer and the reflector the settings name (ImgEdit-Judge + ReasonEdit, or the shapes
+    world's exact judges)."""
     judge = settings.judge
+    if judge.backend == "shapes":
+        return ShapesScorer(), ShapesReflector()
     if not judge.model:
         judge = judge.model_copy(update=TINY_JUDGE_LIMITS)
     judges = load_judges(judge, judge_model_dir(judge, settings.data_dir))

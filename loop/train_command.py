@@ -21,6 +21,7 @@ from loop.services import open_database, open_store
 from loop.settings import Settings, get_settings
 from loop.trainer import TrainerParts, run_trainer
 from policies.editor import InstructionEditor
+from policies.pixel_editor import PixelEditor, PixelEditorModel
 from policies.training.config import load_train_config, parse_overrides
 from policies.training.settings import TrainingSettings
 from workers.context import ModelCache
@@ -88,9 +89,12 @@ def build_trainer_parts(settings: Settings, training: TrainingSettings) -> Train
     )
 
     def verify(folder: Path) -> None:
+        editor = models.editor(None)
+        if isinstance(editor, PixelEditor):
+            PixelEditorModel.from_pretrained(folder)  # a pixel checkpoint is a whole editor
+            return
         # Load the candidate into the base editor, then put the editor back on the base weights
         # (the state the model cache believes it is in).
-        editor = models.editor(None)
         if not isinstance(editor, InstructionEditor):
             raise ValueError(f"cannot verify a checkpoint with a {type(editor).__name__}")
         editor.use_checkpoint("candidate-under-verification", folder)

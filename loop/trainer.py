@@ -304,6 +304,7 @@ def job_filter(settings: TrainingSettings, data_filter: dict[str, Any]) -> PoolF
         "direct": settings.direct,
         "min_overall": settings.min_overall,
         "max_depth": settings.max_depth,
+        "unfiltered": settings.unfiltered,
     }
     merged = PoolFilter.from_dict({**defaults, **data_filter})
     excluded = tuple(sorted({*merged.exclude_origins, settings.eval_origin}))

@@ -191,6 +191,11 @@ class PixelEditorModel(torch.nn.Module):
         return model.eval()
 
 
+def is_pixel_editor(path: str | Path) -> bool:
+    """Whether `path` is a pixel editor checkpoint folder (it has `editor_config.json`)."""
+    return (Path(path) / CONFIG_NAME).is_file()
+
+
 def diffusion_loss(
     model: PixelEditorModel,
     source: torch.Tensor,
@@ -264,10 +269,14 @@ class PixelEditor:
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path, version: str | None = None, batch_size: int = 256
+        cls,
+        path: str | Path,
+        version: str | None = None,
+        batch_size: int = 256,
+        device: str = "cpu",
     ) -> "PixelEditor":
-        """Load a checkpoint folder; the version defaults to the folder's name."""
-        model = PixelEditorModel.from_pretrained(path)
+        """Load a checkpoint folder on `device`; the version defaults to the folder's name."""
+        model = PixelEditorModel.from_pretrained(path).to(device)
         return cls(model, version or Path(path).name, batch_size)
 
     @property

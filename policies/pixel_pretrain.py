@@ -64,6 +64,9 @@ class EvalReport:
     compound_one_op_done: float  # exactly one of two operations done, rest preserved
     tasks: int  # per kind
     seconds: float
+    # Per held-out task, in order (the same tasks and seeds for every editor: paired comparisons).
+    single_op_successes: tuple[bool, ...] = ()
+    compound_successes: tuple[bool, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -127,10 +130,11 @@ def evaluate_editor(editor: Editor, tasks: int, seed: int = EVAL_SAMPLE_SEED) ->
     for task, ok in zip(singles, single_ok, strict=True):
         by_type.setdefault(task.edit_type, []).append(ok)
     compound = measured["compound"]
+    compound_ok = [m is not None and m.success for m in compound]
     return EvalReport(
         single_op_success=share(single_ok),
         single_op_success_by_type={k: share(v) for k, v in sorted(by_type.items())},
-        compound_success=share([m is not None and m.success for m in compound]),
+        compound_success=share(compound_ok),
         compound_one_op_done=share(
             [
                 m is not None and m.preserved and not m.success and sum(m.operations_done) == 1
@@ -139,6 +143,8 @@ def evaluate_editor(editor: Editor, tasks: int, seed: int = EVAL_SAMPLE_SEED) ->
         ),
         tasks=tasks,
         seconds=time.perf_counter() - started,
+        single_op_successes=tuple(single_ok),
+        compound_successes=tuple(compound_ok),
     )
 
 

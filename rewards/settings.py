@@ -1,11 +1,18 @@
 """The `judge` section of the settings: scorer, reflector and verdict thresholds."""
 
+from typing import Literal
+
 from pydantic import BaseModel, Field, model_validator
 
 
 class JudgeSettings(BaseModel):
     """The judges. An empty `model` means: the tiny local Qwen2.5-VL (demo/tests)."""
 
+    backend: Literal["imgedit", "shapes"] = Field(
+        "imgedit",
+        description="imgedit: the ImgEdit-Judge scorer and ReasonEdit reflector (Qwen2.5-VL); "
+        "shapes: the exact judges of the shapes world (rewards/shapes_judge.py)",
+    )
     model: str = Field("", description="Qwen2.5-VL folder of the ImgEdit-Judge; empty = tiny")
     device: str = Field("cpu", description="torch device, e.g. cpu or cuda:0")
     batch_size: int = Field(8, gt=0, description="pairs per judge call")

@@ -44,6 +44,10 @@ class TrainingSettings(BaseModel):
         None, ge=1, le=5, description="only accepted edits with at least this overall score"
     )
     max_depth: int | None = Field(None, ge=0, description="only accepted edits this deep at most")
+    unfiltered: bool = Field(
+        False,
+        description="train on every judged edit, accepted or not (only as a control experiment)",
+    )
     eval_origin: str = Field(
         "heldout",
         description="origin (dataset name given to `editloop ingest --origin`) of the held-out "

@@ -112,6 +112,18 @@ def test_filters(pool_filter: PoolFilter, attempts: set[int]) -> None:
     assert {e.attempt_id for e in select_examples(RECORDS, pool_filter)} == attempts
 
 
+def test_unfiltered_keeps_every_judged_edit_with_an_output_whatever_its_verdict() -> None:
+    no_output = replace(BASE, attempt_id=40, output_key=None, verdict="Failed")
+    records = [*RECORDS, no_output]
+    # Attempt 10 (Reflection) joins the accepted ones; 40 has no image to train on.
+    unfiltered = PoolFilter(unfiltered=True, hindsight=False)
+    assert {e.attempt_id for e in select_examples(records, unfiltered)} == {10, 11, 20, 31}
+    assert ("direct", "s1", COMPOUND, "o10") in triples(select_examples(records, unfiltered))
+    # The other conditions still hold.
+    one_step = PoolFilter(unfiltered=True, max_depth=0, hindsight=False)
+    assert {e.attempt_id for e in select_examples(records, one_step)} == {10, 20}
+
+
 def test_filter_round_trips_through_a_job_row_and_checks_its_values() -> None:
     data = {"run_id": 3, "up_to_round": 2, "pool_size": 40, "edit_types": ["add"]}
     pool_filter = PoolFilter.from_dict(data)
@@ -138,3 +150,9 @@ def test_examples_read_from_the_database(tmp_path: Path) -> None:
     assert {e.attempt_id for e in examples} == set(seeded.accepted_attempt_ids)
     with factory() as session:
         assert pool_examples(session, PoolFilter(run_id=seeded.run_id + 1)) == []
+        unfiltered = pool_examples(
+            session, PoolFilter(exclude_origins=("heldout",), unfiltered=True, hindsight=False)
+        )
+    # ... and unfiltered, the 3 half-done parents (Reflection) as well.
+    assert len(unfiltered) == 5 + 3
+    assert {e.attempt_id for e in unfiltered} > set(seeded.accepted_attempt_ids)

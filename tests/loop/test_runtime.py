@@ -1,0 +1,53 @@
+"""The composition root picks the editor family from the model folder and the judges by backend."""
+
+from pathlib import Path
+
+import torch
+
+from loop.runtime import load_editor, load_model_judges
+from loop.settings import Settings
+from policies.editor import BASE_VERSION
+from policies.pixel_editor import PixelEditor, PixelEditorConfig, PixelEditorModel
+from policies.settings import EditorSettings
+from rewards.settings import JudgeSettings
+from rewards.shapes_judge import ShapesReflector, ShapesScorer
+from store.models import Checkpoint
+from store.objects import LocalStore
+
+SMALL = PixelEditorConfig(block_out_channels=(8, 16, 16), embedding_dim=16)
+
+
+def save_pixel_editor(folder: Path, seed: int) -> Path:
+    torch.manual_seed(seed)
+    PixelEditorModel(SMALL).save_pretrained(folder)
+    return folder
+
+
+def test_a_pixel_editor_folder_loads_the_pixel_editor_and_its_checkpoints(tmp_path: Path) -> None:
+    base = save_pixel_editor(tmp_path / "base", seed=0)
+    settings = Settings(
+        data_dir=tmp_path / "data", editor=EditorSettings(model=str(base), batch_size=7)
+    )
+    store = LocalStore(tmp_path / "objects")
+    editor = load_editor(settings, store, None, None)
+    assert isinstance(editor, PixelEditor)
+    assert editor.version == BASE_VERSION and editor.batch_size == 7
+    # A pixel checkpoint is a whole editor folder in the store, fetched and loaded in its stead.
+    tuned = save_pixel_editor(tmp_path / "tuned", seed=1)
+    for path in tuned.rglob("*"):
+        if path.is_file():
+            store.put(f"checkpoints/v1/{path.relative_to(tuned).as_posix()}", path.read_bytes())
+    checkpoint = Checkpoint(version="v1", object_prefix="checkpoints/v1")
+    swapped = load_editor(settings, store, editor, checkpoint)
+    assert isinstance(swapped, PixelEditor) and swapped.version == "v1"
+    before = editor.model.word_embedding.weight
+    assert not torch.equal(swapped.model.word_embedding.weight, before)
+    assert torch.equal(
+        load_editor(settings, store, swapped, None).model.word_embedding.weight, before
+    )
+
+
+def test_the_shapes_backend_gives_the_exact_judges(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, judge=JudgeSettings(backend="shapes"))
+    scorer, reflector = load_model_judges(settings)
+    assert isinstance(scorer, ShapesScorer) and isinstance(reflector, ShapesReflector)
