@@ -84,6 +84,82 @@ def build_objective(config: TrainConfig, device: torch.device, dtype: torch.dtyp
     return InstructPix2PixObjective(config, device, dtype)
 
 
+def init_denoiser(pipeline: DiffusionPipeline, name: str, config: TrainConfig) -> None:
+    """Start the pipeline's denoiser `name` (unet, transformer) from the parent checkpoint (if
+    any) and set what is trainable: every weight (full) or a peft adapter (lora)."""
+    denoiser = getattr(pipeline, name)
+    layout = None
+    if config.init_checkpoint:
+        modules = [n for n, c in pipeline.components.items() if isinstance(c, torch.nn.Module)]
+        layout = inspect_checkpoint(Path(config.init_checkpoint), modules)
+        if layout.kind == "full" and layout.components != (name,):
+            raise ValueError(
+                f"init_checkpoint={config.init_checkpoint!r} holds {list(layout.components)};"
+                f" only {name}/ is trained here"
+            )
+    if config.mode == "full":
+        if layout is not None and layout.kind == "full":
+            load_weights_in_place(denoiser, Path(config.init_checkpoint) / name)
+        elif layout is not None:
+            # A LoRA parent becomes part of the weights that are now trained in full.
+            pipeline.load_lora_weights(config.init_checkpoint)
+            pipeline.fuse_lora(components=[name])
+            pipeline.unload_lora_weights()
+        denoiser.requires_grad_(True)
+        return
+    if layout is not None and layout.kind == "full":
+        raise ValueError(
+            f"init_checkpoint={config.init_checkpoint!r} holds full weights, but a LoRA is "
+            "applied on the base weights by the editor: train mode=full on top of it"
+        )
+    denoiser.requires_grad_(False)
+    if layout is None:
+        # Gaussian A and zero B (peft's default, as diffusers' LoRA scripts): the adapter
+        # starts as the identity, so step 0 is the parent model.
+        denoiser.add_adapter(
+            LoraConfig(
+                r=config.lora_rank,
+                lora_alpha=config.lora_alpha,
+                init_lora_weights="gaussian",
+                target_modules=LORA_TARGETS,
+            )
+        )
+    else:
+        pipeline.load_lora_weights(config.init_checkpoint, adapter_name="default")
+        rank = denoiser.peft_config["default"].r
+        if rank != config.lora_rank:
+            raise ValueError(
+                f"lora_rank={config.lora_rank}, but init_checkpoint has rank {rank}: a LoRA "
+                "is continued at its own rank"
+            )
+        for parameter_name, parameter in denoiser.named_parameters():
+            parameter.requires_grad_("lora_" in parameter_name)
+
+
+def save_denoiser(
+    pipeline_class: type[DiffusionPipeline],
+    denoiser: torch.nn.Module,
+    name: str,
+    kind: str,
+    folder: Path,
+) -> None:
+    """Write a trained denoiser as the editor loads it: `<name>/` (full) or the pipeline's LoRA
+    file `pytorch_lora_weights.safetensors` (lora)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if kind == "full":
+        denoiser.save_pretrained(folder / name, safe_serialization=True)
+        return
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(denoiser))
+    pipeline_class.save_lora_weights(  # type: ignore[attr-defined]
+        folder,
+        **{
+            f"{name}_lora_layers": layers,
+            # rank and alpha travel with the weights; without them alpha is taken to be the rank.
+            f"{name}_lora_adapter_metadata": denoiser.peft_config["default"].to_dict(),
+        },
+    )
+
+
 class InstructPix2PixObjective:
     """InstructPix2Pix training of the UNet of a `StableDiffusionInstructPix2PixPipeline`."""
 
@@ -109,7 +185,7 @@ class InstructPix2PixObjective:
                 f"model={config.model!r}: the UNet takes {self.unet.config.in_channels} channels, "
                 "not noisy + source latents"
             )
-        self._init_weights(pipeline, config)
+        init_denoiser(pipeline, "unet", config)
         self.vae = pipeline.vae.requires_grad_(False).eval().to(device, dtype)
         self.text_encoder = pipeline.text_encoder.requires_grad_(False).eval().to(device, dtype)
         self.tokenizer = pipeline.tokenizer
@@ -119,55 +195,6 @@ class InstructPix2PixObjective:
         self.drops = (config.drop_text, config.drop_image, config.drop_both)
         with torch.no_grad():
             self.null_text = self._encode_text([""])  # (1, L, D): the "no instruction" condition
-
-    def _init_weights(self, pipeline: Any, config: TrainConfig) -> None:
-        """Start from the parent checkpoint (if any) and set what is trainable."""
-        layout = None
-        if config.init_checkpoint:
-            modules = [n for n, c in pipeline.components.items() if isinstance(c, torch.nn.Module)]
-            layout = inspect_checkpoint(Path(config.init_checkpoint), modules)
-            if layout.kind == "full" and layout.components != ("unet",):
-                raise ValueError(
-                    f"init_checkpoint={config.init_checkpoint!r} holds {list(layout.components)};"
-                    " only unet/ is trained here"
-                )
-        if config.mode == "full":
-            if layout is not None and layout.kind == "full":
-                load_weights_in_place(self.unet, Path(config.init_checkpoint) / "unet")
-            elif layout is not None:
-                # A LoRA parent becomes part of the weights that are now trained in full.
-                pipeline.load_lora_weights(config.init_checkpoint)
-                pipeline.fuse_lora(components=["unet"])
-                pipeline.unload_lora_weights()
-            self.unet.requires_grad_(True)
-            return
-        if layout is not None and layout.kind == "full":
-            raise ValueError(
-                f"init_checkpoint={config.init_checkpoint!r} holds full weights, but a LoRA is "
-                "applied on the base weights by the editor: train mode=full on top of it"
-            )
-        self.unet.requires_grad_(False)
-        if layout is None:
-            # Gaussian A and zero B (peft's default, as diffusers' LoRA scripts): the adapter
-            # starts as the identity, so step 0 is the parent model.
-            self.unet.add_adapter(
-                LoraConfig(
-                    r=config.lora_rank,
-                    lora_alpha=config.lora_alpha,
-                    init_lora_weights="gaussian",
-                    target_modules=LORA_TARGETS,
-                )
-            )
-        else:
-            pipeline.load_lora_weights(config.init_checkpoint, adapter_name="default")
-            rank = self.unet.peft_config["default"].r
-            if rank != config.lora_rank:
-                raise ValueError(
-                    f"lora_rank={config.lora_rank}, but init_checkpoint has rank {rank}: a LoRA "
-                    "is continued at its own rank"
-                )
-            for name, parameter in self.unet.named_parameters():
-                parameter.requires_grad_("lora_" in name)
 
     def trainable(self) -> torch.nn.Module:
         return self.unet
@@ -217,17 +244,7 @@ class InstructPix2PixObjective:
         return F.mse_loss(prediction.float(), wanted.float())
 
     def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        if self.kind == "full":
-            self.unet.save_pretrained(folder / "unet", safe_serialization=True)
-            return
-        layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(self.unet))
-        self.pipeline_class.save_lora_weights(
-            folder,
-            unet_lora_layers=layers,
-            # rank and alpha travel with the weights; without them alpha is taken to be the rank.
-            unet_lora_adapter_metadata=self.unet.peft_config["default"].to_dict(),
-        )
+        save_denoiser(self.pipeline_class, self.unet, "unet", self.kind, folder)
 
 
 # TrainConfig.timestep_sampling -> diffusers' `weighting_scheme` name for the same density.
@@ -397,7 +414,7 @@ class FlowMatchingObjective:
         self.device = device
         self.dtype = dtype
         self.transformer = pipeline.transformer
-        self._init_weights(pipeline, config)
+        init_denoiser(pipeline, "transformer", config)
         for name, component in pipeline.components.items():
             if isinstance(component, torch.nn.Module) and name != "transformer":
                 component.requires_grad_(False).eval().to(device, dtype)
@@ -414,57 +431,6 @@ class FlowMatchingObjective:
         self.sigmas = scheduler.sigmas.clone()
         self.scheme = _TIMESTEP_SCHEMES[config.timestep_sampling]
         self.drop_text = config.drop_text + config.drop_both
-
-    # Copied from InstructPix2PixObjective._init_weights with unet->transformer
-    def _init_weights(self, pipeline: DiffusionPipeline, config: TrainConfig) -> None:
-        """Start from the parent checkpoint (if any) and set what is trainable."""
-        layout = None
-        if config.init_checkpoint:
-            modules = [n for n, c in pipeline.components.items() if isinstance(c, torch.nn.Module)]
-            layout = inspect_checkpoint(Path(config.init_checkpoint), modules)
-            if layout.kind == "full" and layout.components != ("transformer",):
-                raise ValueError(
-                    f"init_checkpoint={config.init_checkpoint!r} holds {list(layout.components)};"
-                    " only transformer/ is trained here"
-                )
-        if config.mode == "full":
-            if layout is not None and layout.kind == "full":
-                parent = Path(config.init_checkpoint) / "transformer"
-                load_weights_in_place(self.transformer, parent)
-            elif layout is not None:
-                # A LoRA parent becomes part of the weights that are now trained in full.
-                pipeline.load_lora_weights(config.init_checkpoint)
-                pipeline.fuse_lora(components=["transformer"])
-                pipeline.unload_lora_weights()
-            self.transformer.requires_grad_(True)
-            return
-        if layout is not None and layout.kind == "full":
-            raise ValueError(
-                f"init_checkpoint={config.init_checkpoint!r} holds full weights, but a LoRA is "
-                "applied on the base weights by the editor: train mode=full on top of it"
-            )
-        self.transformer.requires_grad_(False)
-        if layout is None:
-            # Gaussian A and zero B (peft's default, as diffusers' LoRA scripts): the adapter
-            # starts as the identity, so step 0 is the parent model.
-            self.transformer.add_adapter(
-                LoraConfig(
-                    r=config.lora_rank,
-                    lora_alpha=config.lora_alpha,
-                    init_lora_weights="gaussian",
-                    target_modules=LORA_TARGETS,
-                )
-            )
-        else:
-            pipeline.load_lora_weights(config.init_checkpoint, adapter_name="default")
-            rank = self.transformer.peft_config["default"].r
-            if rank != config.lora_rank:
-                raise ValueError(
-                    f"lora_rank={config.lora_rank}, but init_checkpoint has rank {rank}: a LoRA "
-                    "is continued at its own rank"
-                )
-            for name, parameter in self.transformer.named_parameters():
-                parameter.requires_grad_("lora_" in name)
 
     def trainable(self) -> torch.nn.Module:
         return self.transformer
@@ -516,19 +482,8 @@ class FlowMatchingObjective:
         # Unweighted: for both densities diffusers' compute_loss_weighting_for_sd3 gives weight 1.
         return F.mse_loss(prediction.float(), wanted.float())
 
-    # Copied from InstructPix2PixObjective.save with unet->transformer
     def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        if self.kind == "full":
-            self.transformer.save_pretrained(folder / "transformer", safe_serialization=True)
-            return
-        layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(self.transformer))
-        self.pipeline_class.save_lora_weights(
-            folder,
-            transformer_lora_layers=layers,
-            # rank and alpha travel with the weights; without them alpha is taken to be the rank.
-            transformer_lora_adapter_metadata=self.transformer.peft_config["default"].to_dict(),
-        )
+        save_denoiser(self.pipeline_class, self.transformer, "transformer", self.kind, folder)
 
 
 class PixelObjective:
