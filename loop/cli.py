@@ -4,6 +4,7 @@ import json
 import os
 import socket
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,11 +14,13 @@ from rich.table import Table
 from tqdm import tqdm
 
 from loop import edit_command, judge_command, train_command
+from loop.bench_command import DEMO, bench_app, pretrained_dir, run_and_report
 from loop.controller import RunConfig, run_loop
 from loop.gc import collect_garbage
 from loop.ingest import Columns, IngestReport, ingest_rows, read_rows
 from loop.runtime import build_worker_context
 from loop.schema import SchemaOutdated, ensure_schema
+from loop.self_improve import SelfImproveConfig
 from loop.services import open_database, open_store
 from loop.settings import get_settings, masked_settings
 from loop.status import StatusReport, collect_status, round_metrics_of
@@ -36,12 +39,12 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Manage the metadata database schema (Alembic).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(bench_app, name="bench")
 app.command("edit")(edit_command.edit)
 app.command("judge")(judge_command.judge)
 app.command("train")(train_command.train)
 app.command("trainer")(train_command.trainer)
 console = Console()
-SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
 
 
 @app.callback()
@@ -332,22 +335,17 @@ def gc(
 
 @app.command("demo")
 def demo(
-    rounds: int = typer.Option(2, min=1, help="Rounds to run."),
+    rounds: int = typer.Option(DEMO["rounds"], min=1, help="Loop rounds (each then fine-tunes)."),
 ) -> None:
-    """Run the embedded default end to end: ingest the samples, run the loop, show the status."""
+    """Watch the loop improve an editor: the self-improvement benchmark's hindsight arm at a short
+    setting (pre-train a small editor, then edit → judge → reflect → fine-tune → gate)."""
     settings = get_settings()
-    console.print(f"embedded mode: data under {settings.data_dir.resolve()}")
-    _print_ingest_report(_ingest(SAMPLES_DIR, "editloop-samples", Columns()))
-    run(
-        rounds=rounds,
-        samples_per_task=1,
-        tasks=6,
-        name=f"demo-{datetime.now(UTC):%Y%m%d-%H%M%S}",
-        max_reflections=None,
-        train_every=0,
-        seed=0,
+    out_dir = settings.data_dir / "demo"
+    console.print(f"embedded mode: data under {out_dir.resolve()}")
+    config = SelfImproveConfig(
+        out_dir=out_dir, pretrained_dir=pretrained_dir(settings.data_dir), **DEMO
     )
-    status()
+    run_and_report(replace(config, rounds=rounds))
 
 
 if __name__ == "__main__":

@@ -21,16 +21,6 @@ def editloop(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[s
     )
 
 
-def test_demo_ingests_the_samples_then_shows_status(tmp_path: Path) -> None:
-    first = editloop("demo", cwd=tmp_path)
-    assert first.returncode == 0, first.stderr
-    assert "ingested  │    6" in first.stdout and "tasks            │     6" in first.stdout
-    again = editloop("demo", cwd=tmp_path)
-    assert "duplicate │    6" in again.stdout
-    assert (tmp_path / ".editloop/editloop.db").is_file()
-    assert len(list((tmp_path / ".editloop/objects/sources").rglob("*.png"))) == 6
-
-
 def test_config_prints_masked_settings(tmp_path: Path) -> None:
     result = editloop("config", cwd=tmp_path, EDITLOOP_STORE__DATABASE_URL="postgresql://u:pw@h/db")
     shown = json.loads(result.stdout)

@@ -1,0 +1,102 @@
+"""`editloop bench self-improve`: the self-improvement benchmark from the command line."""
+
+import logging
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+import typer
+
+from loop.self_improve import ARMS, FAST, RoundResult, SelfImproveConfig, run_benchmark
+from loop.self_improve_report import loop_table, success_table, target_checks, write_plot
+from loop.settings import get_settings
+
+bench_app = typer.Typer(
+    help="Benchmarks of the loop itself (speed benchmarks are scripts in bench/).",
+    no_args_is_help=True,
+)
+
+# The setting `editloop demo` runs: one arm, two rounds, a few minutes on a laptop CPU.
+DEMO = {
+    "arms": ("hindsight",),
+    "rounds": 2,
+    "tasks_per_round": 256,
+    "eval_tasks": 100,
+}
+
+
+def pretrained_dir(data_dir: Path) -> Path:
+    """Where the pre-trained shapes editor is kept: shared by the demo and the benchmark, and
+    reused while the pre-training setting is the same."""
+    return data_dir / "models" / "shapes-pixel-editor"
+
+
+def run_and_report(config: SelfImproveConfig) -> list[RoundResult]:
+    """Run the benchmark, then print and write its tables and plot into `config.out_dir`."""
+    # The trainer's subprocesses log to their job folders; the loop's own warnings stay visible.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    results = run_benchmark(config, log=lambda line: typer.echo(line))
+    rows = [asdict(r) for r in results]
+    successes, rounds = success_table(rows), loop_table(rows)
+    checks = target_checks(rows)
+    plot = write_plot(rows, config.out_dir / "self_improve.png")
+    lines = [
+        "## Held-out success (± 1 standard error)",
+        "",
+        successes,
+        "",
+        "## What each round did",
+        "",
+        rounds,
+        "",
+        "## Targets",
+        "",
+        *(f"- [{'x' if ok else ' '}] {what}: {figures}" for what, ok, figures in checks),
+    ]
+    report = config.out_dir / "self_improve.md"
+    report.write_text("\n".join(lines) + "\n")
+    typer.echo("\n".join(lines))
+    typer.echo(f"\nwrote {report}, {plot} and {config.out_dir / 'results.json'}")
+    return results
+
+
+@bench_app.command("self-improve")
+def self_improve(
+    out: Path | None = typer.Option(
+        None, help="Output folder (default: <data_dir>/bench/self-improve)."
+    ),
+    arms: str = typer.Option(",".join(ARMS), help=f"Comma-separated arms, of: {', '.join(ARMS)}."),
+    rounds: int = typer.Option(3, min=1, help="Loop rounds per arm (each then fine-tunes)."),
+    tasks: int = typer.Option(384, min=1, help="Compound tasks edited per round."),
+    pretrain_steps: int = typer.Option(1200, min=1, help="Pre-training steps (single ops)."),
+    finetune_steps: int = typer.Option(120, min=1, help="DeepSpeed steps per round and arm."),
+    eval_tasks: int = typer.Option(200, min=1, help="Held-out tasks of each kind measured."),
+    fast: bool = typer.Option(
+        False, "--fast", help="Toy sizes (the test suite's variant): mechanics, not improvement."
+    ),
+    threads: int = typer.Option(0, min=0, help="Torch CPU threads (0: torch's default)."),
+    seed: int = typer.Option(0, help="Seed of weights, tasks and noise."),
+) -> None:
+    """Does the loop improve an editor? Reflection hindsight vs rejection only vs a control, in
+    the shapes world, on the real loop (controller, workers, database, store, DeepSpeed, gate)."""
+    if threads:
+        torch.set_num_threads(threads)
+    data_dir = get_settings().data_dir
+    config = SelfImproveConfig(
+        out_dir=out or data_dir / "bench" / "self-improve",
+        pretrained_dir=pretrained_dir(data_dir),
+        rounds=rounds,
+        tasks_per_round=tasks,
+        pretrain_steps=pretrain_steps,
+        finetune_steps=finetune_steps,
+        eval_tasks=eval_tasks,
+        seed=seed,
+    )
+    try:
+        config = replace(config, arms=tuple(a.strip() for a in arms.split(",") if a.strip()))
+        if fast:
+            config = replace(config, **FAST)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+    run_and_report(config)

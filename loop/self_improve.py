@@ -1,0 +1,457 @@
+"""`editloop bench self-improve`: does the loop make an editor better? Measured in the shapes world.
+
+EXPERIMENTS.md, experiment 2, run on the real loop: a pixel editor pre-trained on single
+operations only edits compound (two-operation) instructions; the exact judges label its edits;
+the trainer fine-tunes it with DeepSpeed on what each arm keeps, the gate promotes or rejects the
+result, and the next round edits with the latest promoted checkpoint. The arms start from the same
+pre-trained weights and get the same fine-tuning budget:
+
+- **hindsight**: reflection on (the rule reflector asks for the missing operation, applied to
+  the previous output; `Failed` restarts from the source), trained on one-step successes and on
+  hindsight examples of successful chains (source + original instruction → final image);
+- **reject**: one step only, trained on the one-step successes (rejection sampling);
+- **control**: one step only, trained on every sample, judged good or not.
+
+After every round, each arm's current editor edits held-out compound and single-operation tasks
+(fixed tasks and seeds, `policies.pixel_pretrain.evaluate_editor`): one-step compound success is
+the skill the loop should create, single-operation success the one it must not lose.
+
+Every arm is a full embedded deployment of its own under `<out>/arms/<arm>/` (SQLite, a local
+object folder, Celery in eager mode, `editloop train` launched as a subprocess by the trainer),
+so nothing but the arm's settings differs between arms.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from sqlalchemy import select
+
+from loop.controller import RunConfig, queue_train_job, run_loop
+from loop.ingest import Columns, ingest_rows, read_rows
+from loop.runtime import build_worker_context, load_editor
+from loop.schema import ensure_schema
+from loop.services import open_database, open_store
+from loop.settings import Settings
+from loop.train_command import build_trainer_parts
+from loop.trainer import latest_promoted, run_trainer
+from policies.pixel_editor import PixelEditor, PixelEditorConfig
+from policies.pixel_pretrain import (
+    REPORT_NAME,
+    EvalReport,
+    PretrainConfig,
+    evaluate_editor,
+    pretrain_pixel_editor,
+)
+from policies.settings import EditorSettings
+from policies.training.settings import TrainingSettings
+from rewards.settings import JudgeSettings
+from store.models import Checkpoint, Run, TrainJob
+from store.settings import StoreSettings
+from workers.app import configure_celery
+from workers.context import set_worker_context
+from workers.dispatch import CeleryDispatcher
+from workers.settings import WorkerSettings
+from worlds.shapes import (
+    ShapesTask,
+    generate_compound_tasks,
+    generate_single_op_tasks,
+    task_to_meta,
+)
+
+TRAIN_ORIGIN = "shapes-compound"
+HELDOUT_ORIGIN = "heldout"
+# Task seeds, apart from each other and from the evaluation's (998, 999) and pre-training's.
+TRAIN_TASK_SEED = 100
+GATE_COMPOUND_SEED = 500
+GATE_SINGLE_SEED = 501
+REPLAY_SEED = 7
+
+
+@dataclass(frozen=True)
+class ArmSpec:
+    """What one arm of the benchmark does differently; everything else is shared."""
+
+    description: str
+    max_reflections: int  # tries after the first (0: one step only)
+    hindsight: bool  # train on hindsight examples of successful chains
+    unfiltered: bool  # train on every judged sample, whatever its verdict
+
+
+ARMS: dict[str, ArmSpec] = {
+    "hindsight": ArmSpec("reflection + hindsight examples", 2, True, False),
+    "reject": ArmSpec("one-step successes only", 0, False, False),
+    "control": ArmSpec("every one-step sample, unfiltered", 0, False, True),
+}
+
+
+@dataclass(frozen=True)
+class SelfImproveConfig:
+    """One benchmark run; the defaults are the full setting of EXPERIMENTS.md, experiment 2."""
+
+    out_dir: Path  # results and one folder per arm
+    pretrained_dir: Path | None = None  # the pre-trained editor, reused; None: <out_dir>/pretrained
+    arms: tuple[str, ...] = tuple(ARMS)
+    rounds: int = 3  # loop rounds per arm, each followed by fine-tuning and the gate
+    tasks_per_round: int = 384  # compound tasks edited per round (one sample each)
+    pretrain_steps: int = 1200  # single-operation pre-training, batch `batch_size`
+    pretrain_lr: float = 1e-3
+    finetune_steps: int = 120  # DeepSpeed optimizer steps per round (the budget of every arm)
+    batch_size: int = 32  # examples per step, pre-training and fine-tuning
+    finetune_lr: float = 3e-4
+    replay_fraction: float = 0.5  # share of every fine-tuning batch from the supervised set
+    replay_examples: int = 2000  # size of the supervised single-operation set replayed
+    eval_tasks: int = 200  # held-out tasks of each kind measured after every round
+    gate_tasks: int = 64  # held-out tasks of each kind the gate edits (others than eval's)
+    gate_margin: float = 0.25  # promote unless the gate's mean score drops by more (1-5 scale)
+    edit_batch_size: int = 128  # attempts per edit task (and editor call)
+    editor: PixelEditorConfig = field(default_factory=PixelEditorConfig)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = [arm for arm in self.arms if arm not in ARMS]
+        if unknown or not self.arms:
+            raise ValueError(f"arms={list(self.arms)}: choose from {list(ARMS)}")
+        positive = (
+            "rounds", "tasks_per_round", "pretrain_steps", "finetune_steps", "batch_size",
+            "eval_tasks", "gate_tasks", "replay_examples", "edit_batch_size",
+        )  # fmt: skip
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}={getattr(self, name)}: must be positive")
+        if not 0 <= self.replay_fraction < 1:
+            raise ValueError(f"replay_fraction={self.replay_fraction}: in [0, 1)")
+
+
+# The fast variant the test suite runs: the mechanics at toy size, not the improvement.
+FAST = {
+    "rounds": 2,
+    "tasks_per_round": 32,
+    "pretrain_steps": 500,
+    "pretrain_lr": 2e-3,
+    "finetune_steps": 4,
+    "batch_size": 32,
+    "replay_examples": 32,
+    "eval_tasks": 16,
+    "gate_tasks": 4,
+    "gate_margin": 4.0,  # promote whatever the toy editor does: the test checks the hand-over
+    "edit_batch_size": 32,
+    "editor": PixelEditorConfig(block_out_channels=(16, 32, 32), embedding_dim=32),
+}
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """One arm after one round (round 0: the pre-trained editor, before any loop round)."""
+
+    arm: str
+    round: int
+    evaluation: EvalReport
+    checkpoint: str  # the version the arm edits with now ("base" before any promotion)
+    loop: dict[str, float] = field(default_factory=dict)  # the loop round's stored metrics
+    train: dict[str, Any] = field(default_factory=dict)  # job outcome, checkpoint and gate
+    seconds: dict[str, float] = field(default_factory=dict)  # loop, train, eval
+
+
+@dataclass
+class ArmFolders:
+    """The inputs every arm shares, written once per benchmark run."""
+
+    base_editor: Path
+    train_tasks: Path
+    gate_tasks: Path
+    replay: Path
+
+
+Log = Callable[[str], None]
+
+
+# ---- shared inputs -------------------------------------------------------------------------
+
+
+def write_task_folder(folder: Path, tasks: Sequence[ShapesTask]) -> Path:
+    """Source images and an `instructions.jsonl` (the `editloop ingest` folder format)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for index, task in enumerate(tasks):
+        name = f"{index:05d}.png"
+        task.source_image().save(folder / name)
+        row = {"image": name, "instruction": task.instruction, "edit_type": task.edit_type}
+        rows.append(json.dumps({**row, "shapes": task_to_meta(task)}))
+    (folder / "instructions.jsonl").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def write_supervised_set(folder: Path, tasks: Sequence[ShapesTask]) -> Path:
+    """Source and exact target images with a `replay.jsonl` (`read_supervised_set`'s format)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for index, task in enumerate(tasks):
+        source, target = f"{index:05d}-source.png", f"{index:05d}-target.png"
+        task.source_image().save(folder / source)
+        task.target_image().save(folder / target)
+        rows.append(
+            json.dumps({"source": source, "instruction": task.instruction, "target": target})
+        )
+    path = folder / "replay.jsonl"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def ensure_base_editor(config: SelfImproveConfig, log: Log) -> Path:
+    """The pre-trained editor of this configuration, trained once and reused by later runs."""
+    pretrain = PretrainConfig(
+        steps=config.pretrain_steps,
+        batch_size=config.batch_size,
+        learning_rate=config.pretrain_lr,
+        seed=config.seed,
+        eval_tasks=0,  # the benchmark measures round 0 itself, like every later round
+        editor=config.editor,
+    )
+    # One folder per pre-training setting, so that settings do not overwrite each other.
+    key = hashlib.sha256(json.dumps(asdict(pretrain), sort_keys=True).encode()).hexdigest()[:12]
+    folder = (config.pretrained_dir or config.out_dir / "pretrained") / key
+    report = folder / REPORT_NAME
+    if report.is_file() and json.loads(report.read_text()).get("config") == asdict(pretrain):
+        log(f"pre-trained editor: reusing {folder}")
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    log(f"pre-training the editor on single operations ({config.pretrain_steps} steps)")
+    pretrain_pixel_editor(folder, pretrain, log=log)
+    return folder
+
+
+def prepare_inputs(config: SelfImproveConfig, log: Log) -> ArmFolders:
+    """Pre-trained editor, training and gate task folders, replay set (same for every arm)."""
+    base = ensure_base_editor(config, log)
+    inputs = config.out_dir / "inputs"
+    shutil.rmtree(inputs, ignore_errors=True)
+    train = generate_compound_tasks(
+        config.tasks_per_round * config.rounds, seed=TRAIN_TASK_SEED + config.seed
+    )
+    gate = generate_compound_tasks(
+        config.gate_tasks, seed=GATE_COMPOUND_SEED
+    ) + generate_single_op_tasks(config.gate_tasks, seed=GATE_SINGLE_SEED)
+    replay = generate_single_op_tasks(config.replay_examples, seed=REPLAY_SEED)
+    return ArmFolders(
+        base_editor=base,
+        train_tasks=write_task_folder(inputs / "train", train),
+        gate_tasks=write_task_folder(inputs / "gate", gate),
+        replay=write_supervised_set(inputs / "replay", replay),
+    )
+
+
+# ---- one arm -------------------------------------------------------------------------------
+
+
+def arm_settings(config: SelfImproveConfig, arm: str, folders: ArmFolders) -> Settings:
+    """The embedded settings of one arm (explicit sections: the caller's environment is not
+    mixed in, so every arm runs the same way)."""
+    spec = ARMS[arm]
+    recipe = {
+        "max_steps": config.finetune_steps,
+        "micro_batch_size": config.batch_size,
+        "learning_rate": config.finetune_lr,
+        "resolution": config.editor.size,
+        "seed": config.seed,
+        "replay_manifest": str(folders.replay),
+        "replay_fraction": config.replay_fraction,
+        "save_every": 0,
+        "num_workers": 0,  # 16x16 PNGs: loader processes would cost more than they save
+        "progress_bar": False,
+    }
+    return Settings(
+        data_dir=config.out_dir / "arms" / arm,
+        store=StoreSettings(),
+        editor=EditorSettings(model=str(folders.base_editor), batch_size=config.edit_batch_size),
+        judge=JudgeSettings(backend="shapes", max_reflections=spec.max_reflections),
+        worker=WorkerSettings(
+            eager=True,
+            edit_batch_size=config.edit_batch_size,
+            judge_batch_size=config.edit_batch_size,
+        ),
+        training=TrainingSettings(
+            launcher="none",
+            recipe=recipe,
+            hindsight=spec.hindsight,
+            unfiltered=spec.unfiltered,
+            eval_origin=HELDOUT_ORIGIN,
+            eval_tasks=2 * config.gate_tasks,
+            eval_margin=config.gate_margin,
+            eval_seed=config.seed,
+        ),
+    )
+
+
+def _launcher_env(settings: Settings) -> dict[str, str]:
+    """What `editloop train` in the trainer's subprocess needs to find the arm's store."""
+    return {
+        "EDITLOOP_DATA_DIR": str(settings.data_dir),
+        "EDITLOOP_STORE__BACKEND": "local",
+        "EDITLOOP_STORE__DATABASE_URL": settings.store.database_url,
+        "EDITLOOP_STORE__LOCAL_ROOT": str(settings.store.local_root),
+        "OMP_NUM_THREADS": str(torch.get_num_threads()),
+    }
+
+
+def _ingest_folder(settings: Settings, folder: Path, origin: str) -> None:
+    rows, _ = read_rows(folder)
+    report = ingest_rows(
+        rows,
+        session_factory=open_database(settings),
+        store=open_store(settings),
+        limits=settings.store.image_limits(),
+        origin=origin,
+        columns=Columns(),
+    )
+    if report.problems:
+        raise RuntimeError(f"ingesting {folder} rejected rows: {report.problems[:3]}")
+
+
+def _train_summary(outcomes: list[tuple[int, str]], checkpoint: Checkpoint | None) -> dict:
+    summary: dict[str, Any] = {"jobs": [outcome for _, outcome in outcomes]}
+    if outcomes:
+        summary["status"] = outcomes[-1][1]  # e.g. failed: nothing accepted to train on yet
+    if checkpoint is not None:
+        metrics = checkpoint.train_metrics or {}
+        summary.update(
+            checkpoint=checkpoint.version,
+            status=checkpoint.status.value,
+            examples={
+                key.removeprefix("train/examples_"): value
+                for key, value in metrics.items()
+                if key.startswith("train/examples_")
+            },
+            gate_delta=(checkpoint.eval_metrics or {}).get("eval/delta_overall"),
+        )
+    return summary
+
+
+def run_arm(
+    config: SelfImproveConfig, arm: str, folders: ArmFolders, base: EvalReport, log: Log
+) -> list[RoundResult]:
+    """Run one arm from a fresh folder: its rounds, each followed by training and evaluation."""
+    settings = arm_settings(config, arm, folders)
+    shutil.rmtree(settings.data_dir, ignore_errors=True)
+    settings.data_dir.mkdir(parents=True)
+    ensure_schema(settings)
+    _ingest_folder(settings, folders.train_tasks, TRAIN_ORIGIN)
+    _ingest_folder(settings, folders.gate_tasks, HELDOUT_ORIGIN)
+    factory = open_database(settings)
+    store = open_store(settings)
+    configure_celery(settings.worker)
+    set_worker_context(build_worker_context(settings))
+    parts = replace(build_trainer_parts(settings, settings.training), env=_launcher_env(settings))
+    results = [RoundResult(arm, 0, base, "base")]
+    run_name = f"self-improve-{arm}"
+    clock = {"round_started": time.perf_counter()}
+
+    def after_round(number: int, metrics: dict[str, float]) -> None:
+        loop_s = time.perf_counter() - clock["round_started"]
+        started = time.perf_counter()
+        # Every round ends with a fine-tuning job (the same budget for every arm, as in the
+        # experiment), whatever the pool grew by; the trainer runs it in this process's stead.
+        with factory() as session:
+            run_id = session.scalar(select(Run.id).where(Run.name == run_name))
+        queue_train_job(factory, run_id, up_to_round=number)
+        outcomes = run_trainer(parts, owner=f"bench-{arm}", wait=False)
+        train_s = time.perf_counter() - started
+        with factory() as session:
+            current = latest_promoted(session)
+            jobs = [session.get_one(TrainJob, job_id) for job_id, _ in outcomes]
+            trained = [
+                session.get_one(Checkpoint, j.checkpoint_id) for j in jobs if j.checkpoint_id
+            ]
+            started = time.perf_counter()
+            evaluation = evaluate_editor(
+                load_editor(settings, store, None, current), config.eval_tasks
+            )
+            result = RoundResult(
+                arm=arm,
+                round=number + 1,
+                evaluation=evaluation,
+                checkpoint=current.version if current is not None else "base",
+                loop=metrics,
+                train=_train_summary(outcomes, trained[-1] if trained else None),
+                seconds={
+                    "loop": loop_s,
+                    "train": train_s,
+                    "eval": time.perf_counter() - started,
+                },
+            )
+        results.append(result)
+        log(_round_line(result))
+        clock["round_started"] = time.perf_counter()
+
+    run_loop(
+        factory=factory,
+        dispatcher=CeleryDispatcher(),
+        config=RunConfig(
+            name=run_name,
+            rounds=config.rounds,
+            tasks_per_round=config.tasks_per_round,
+            max_reflections=ARMS[arm].max_reflections,
+            batch_size=config.edit_batch_size,
+            poll_interval_s=0.05,
+            train_min_new_samples=0,  # queued by `after_round`
+            heldout_origin=HELDOUT_ORIGIN,
+            seed=config.seed,
+        ),
+        on_round=after_round,
+        retries=settings.store.retries,
+    )
+    set_worker_context(None)
+    return results
+
+
+def _round_line(result: RoundResult) -> str:
+    e = result.evaluation
+    train = result.train
+    return (
+        f"[{result.arm} round {result.round}] compound {e.compound_success:.3f}, single "
+        f"{e.single_op_success:.3f} | loop: chains {result.loop.get('chains/success_rate', 0):.2f}"
+        f" | train: {train.get('status', 'no job')} {train.get('examples', {})}"
+        f" | {', '.join(f'{k} {v:.0f}s' for k, v in result.seconds.items())}"
+    )
+
+
+# ---- the whole benchmark -------------------------------------------------------------------
+
+
+def run_benchmark(config: SelfImproveConfig, log: Log = print) -> list[RoundResult]:
+    """Every arm of `config`; writes `results.json` into `config.out_dir` and returns the rows."""
+    started = time.perf_counter()
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    folders = prepare_inputs(config, log)
+    base = evaluate_editor(PixelEditor.from_pretrained(folders.base_editor), config.eval_tasks)
+    log(
+        f"pre-trained editor: compound {base.compound_success:.3f}, single "
+        f"{base.single_op_success:.3f} ({base.compound_one_op_done:.3f} of compound tasks with "
+        "exactly one operation done)"
+    )
+    results: list[RoundResult] = []
+    for arm in config.arms:
+        log(f"arm {arm}: {ARMS[arm].description}")
+        results.extend(run_arm(config, arm, folders, base, log))
+    seconds = time.perf_counter() - started
+    payload = {
+        "config": {
+            **asdict(config),
+            "out_dir": str(config.out_dir),
+            "pretrained_dir": str(folders.base_editor),
+        },
+        "seconds": seconds,
+        "torch_threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "results": [asdict(r) for r in results],
+    }
+    (config.out_dir / "results.json").write_text(json.dumps(payload, indent=1))
+    log(f"benchmark finished in {seconds / 60:.1f} min")
+    return results
