@@ -74,7 +74,14 @@ def self_improve(
     fast: bool = typer.Option(
         False, "--fast", help="Toy sizes (the test suite's variant): mechanics, not improvement."
     ),
-    threads: int = typer.Option(0, min=0, help="Torch CPU threads (0: torch's default)."),
+    threads: int = typer.Option(
+        0, min=0, help="Torch CPU threads of pre-training (0: torch's default)."
+    ),
+    parallel_arms: int = typer.Option(
+        0,
+        min=0,
+        help="Arms run at once, each in its own process with CPUs / this many threads (0: all).",
+    ),
     seed: int = typer.Option(0, help="Seed of weights, tasks and noise."),
 ) -> None:
     """Does the loop improve an editor? Reflection hindsight vs rejection only vs a control, in
@@ -90,6 +97,7 @@ def self_improve(
         pretrain_steps=pretrain_steps,
         finetune_steps=finetune_steps,
         eval_tasks=eval_tasks,
+        parallel_arms=parallel_arms,
         seed=seed,
     )
     try:

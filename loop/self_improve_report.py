@@ -178,7 +178,9 @@ def write_plot(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     axes[0].axhline(TARGET_COMPOUND, color="grey", linestyle=":", linewidth=1, label="target")
     axes[0].set_title("one-step compound success (held out)")
     axes[1].set_title("single-operation success (held out)")
+    last_round = max(row["round"] for row in rows)
     for axis in axes:
+        axis.set_xticks(range(last_round + 1))
         axis.set_xlabel("round (0 = pre-trained)")
         axis.set_ylim(0, 1.02)
         axis.grid(alpha=0.3)
