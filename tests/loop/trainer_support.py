@@ -18,6 +18,7 @@ from loop.trainer import TrainerParts
 from policies.checkpoints import fetch_checkpoint
 from policies.editor import InstructionEditor
 from policies.settings import EditorSettings
+from policies.training.data import Example, write_manifest
 from policies.training.settings import TrainingSettings
 from rewards.shapes_judge import ShapesScorer
 from store.images import encode_png
@@ -213,3 +214,15 @@ def ip2p_parts(
         load_scorer=ShapesScorer,
         env=SUBPROCESS_ENV | {"EDITLOOP_STORE__LOCAL_ROOT": str(store_root)},
     )
+
+
+def put_fixed_set(store: ObjectStore, manifest: Path, count: int = 8) -> Path:
+    """`count` single-operation shapes edits (16x16) in `store`, listed in `manifest`."""
+    examples = []
+    for index, task in enumerate(generate_single_op_tasks(count, seed=5)):
+        source, target = f"fixed/{index}-source.png", f"fixed/{index}-target.png"
+        store.put(source, encode_png(task.source_image()))
+        store.put(target, encode_png(task.target_image()))
+        examples.append(Example(source, task.instruction, target, "direct"))
+    write_manifest(manifest, examples)
+    return manifest

@@ -19,7 +19,7 @@ from policies.checkpoints import LORA_WEIGHTS_FILE
 from policies.editor import InstructionEditor
 from policies.settings import EditorSettings
 from policies.training.config import TrainConfig
-from policies.training.data import EditExamples, Example, read_manifest, write_manifest
+from policies.training.data import EditExamples, read_manifest
 from policies.training.layout import LOSS_LOG, TrainResult
 from policies.training.objectives import (
     FlowMatchingObjective,
@@ -28,10 +28,9 @@ from policies.training.objectives import (
 )
 from policies.training.recipe import setup_distributed, train
 from policies.types import EditRequest
-from store.images import encode_png
 from store.objects import LocalStore
 from tests.fixtures.services import free_port
-from tests.loop.trainer_support import TINY_RECIPE
+from tests.loop.trainer_support import TINY_RECIPE, put_fixed_set
 from worlds.shapes import generate_single_op_tasks
 
 EXAMPLES = 4
@@ -49,15 +48,9 @@ def flow_model(request: pytest.FixtureRequest) -> Path:
 def four_edits(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(data dir whose objects/ hold four single-operation shapes edits, their manifest)."""
     data_dir = tmp_path_factory.mktemp("flow-data")
-    store = LocalStore(data_dir / "objects")
-    examples = []
-    for index, task in enumerate(generate_single_op_tasks(EXAMPLES, seed=5)):
-        source, target = f"fixed/{index}-source.png", f"fixed/{index}-target.png"
-        store.put(source, encode_png(task.source_image()))
-        store.put(target, encode_png(task.target_image()))
-        examples.append(Example(source, task.instruction, target, "direct"))
-    manifest = data_dir / "manifest.jsonl"
-    write_manifest(manifest, examples)
+    manifest = put_fixed_set(
+        LocalStore(data_dir / "objects"), data_dir / "manifest.jsonl", EXAMPLES
+    )
     return data_dir, manifest
 
 

@@ -24,7 +24,7 @@ from policies.editor import InstructionEditor
 from policies.pixel_editor import PixelEditorConfig, PixelEditorModel, images_to_tensor
 from policies.settings import EditorSettings
 from policies.training.config import TrainConfig
-from policies.training.data import EditExamples, Example, read_manifest, write_manifest
+from policies.training.data import EditExamples, read_manifest
 from policies.training.layout import (
     DIE_WITH_PARENT_ENV,
     FINAL_DIR,
@@ -34,26 +34,13 @@ from policies.training.layout import (
 )
 from policies.training.objectives import InstructPix2PixObjective, PixelObjective
 from policies.types import EditRequest
-from store.images import encode_png
 from store.objects import LocalStore, ObjectStore, S3Store
 from tests.fixtures.services import free_port
-from tests.loop.trainer_support import SUBPROCESS_ENV, TINY_RECIPE
+from tests.loop.trainer_support import SUBPROCESS_ENV, TINY_RECIPE, put_fixed_set
 from worlds.shapes import generate_single_op_tasks
 
 EXAMPLES = 8
 _BASE_FIGURES: dict[tuple[str, str], tuple[float, torch.Tensor]] = {}
-
-
-def put_fixed_set(store: ObjectStore, manifest: Path) -> Path:
-    """Eight single-operation shapes edits (16x16) in `store`, listed in `manifest`."""
-    examples = []
-    for index, task in enumerate(generate_single_op_tasks(EXAMPLES, seed=5)):
-        source, target = f"fixed/{index}-source.png", f"fixed/{index}-target.png"
-        store.put(source, encode_png(task.source_image()))
-        store.put(target, encode_png(task.target_image()))
-        examples.append(Example(source, task.instruction, target, "direct"))
-    write_manifest(manifest, examples)
-    return manifest
 
 
 @pytest.fixture(scope="module")
