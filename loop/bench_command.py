@@ -8,7 +8,7 @@ import torch
 import typer
 
 from loop.self_improve import ARMS, FAST, RoundResult, SelfImproveConfig, run_benchmark
-from loop.self_improve_report import loop_table, success_table, target_checks, write_plot
+from loop.self_improve_report import report_markdown, write_plot
 from loop.settings import get_settings
 
 bench_app = typer.Typer(
@@ -37,25 +37,11 @@ def run_and_report(config: SelfImproveConfig) -> list[RoundResult]:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     results = run_benchmark(config, log=lambda line: typer.echo(line))
     rows = [asdict(r) for r in results]
-    successes, rounds = success_table(rows), loop_table(rows)
-    checks = target_checks(rows)
     plot = write_plot(rows, config.out_dir / "self_improve.png")
-    lines = [
-        "## Held-out success (± 1 standard error)",
-        "",
-        successes,
-        "",
-        "## What each round did",
-        "",
-        rounds,
-        "",
-        "## Targets",
-        "",
-        *(f"- [{'x' if ok else ' '}] {what}: {figures}" for what, ok, figures in checks),
-    ]
+    text = report_markdown(rows)
     report = config.out_dir / "self_improve.md"
-    report.write_text("\n".join(lines) + "\n")
-    typer.echo("\n".join(lines))
+    report.write_text(text)
+    typer.echo(text)
     typer.echo(f"\nwrote {report}, {plot} and {config.out_dir / 'results.json'}")
     return results
 

@@ -156,6 +156,27 @@ def target_checks(rows: Sequence[dict[str, Any]]) -> list[tuple[str, bool, str]]
     return checks
 
 
+def report_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """The whole report: success table, what each round did, and the targets met or not."""
+    lines = [
+        "## Held-out success (± 1 standard error)",
+        "",
+        success_table(rows),
+        "",
+        "## What each round did",
+        "",
+        loop_table(rows),
+        "",
+        "## Targets",
+        "",
+        *(
+            f"- [{'x' if ok else ' '}] {what}: {figures}"
+            for what, ok, figures in target_checks(rows)
+        ),
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def write_plot(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     """A PNG of success by round for every arm: one-step compound (left), single op (right)."""
     import matplotlib

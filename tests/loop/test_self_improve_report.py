@@ -10,6 +10,7 @@ from loop.self_improve_report import (
     loop_table,
     paired_difference,
     proportion,
+    report_markdown,
     success_table,
     target_checks,
     write_plot,
@@ -116,3 +117,11 @@ def test_write_plot_draws_a_png(tmp_path: Path) -> None:
     path = write_plot(rows, tmp_path / "plot.png")
     with Image.open(path) as image:
         assert image.format == "PNG" and image.size[0] > 500
+
+
+def test_the_report_holds_the_tables_and_ticks_the_targets_met() -> None:
+    rows = [row("control", 0, [False] * 4, [True] * 4), row("control", 1, [False] * 4, [True] * 4)]
+    report = report_markdown(rows)
+    assert report.startswith("## Held-out success")
+    assert success_table(rows) in report and loop_table(rows) in report
+    assert "- [x] control: one-step compound success flat" in report
