@@ -156,8 +156,9 @@ def target_checks(rows: Sequence[dict[str, Any]]) -> list[tuple[str, bool, str]]
     return checks
 
 
-def report_markdown(rows: Sequence[dict[str, Any]]) -> str:
-    """The whole report: success table, what each round did, and the targets met or not."""
+def report_markdown(rows: Sequence[dict[str, Any]], *, targets: bool = True) -> str:
+    """The whole report: success table, what each round did, and (`targets`) the issue's targets
+    met or not."""
     lines = [
         "## Held-out success (± 1 standard error)",
         "",
@@ -166,14 +167,17 @@ def report_markdown(rows: Sequence[dict[str, Any]]) -> str:
         "## What each round did",
         "",
         loop_table(rows),
-        "",
-        "## Targets",
-        "",
-        *(
-            f"- [{'x' if ok else ' '}] {what}: {figures}"
-            for what, ok, figures in target_checks(rows)
-        ),
     ]
+    if targets:
+        lines += [
+            "",
+            "## Targets",
+            "",
+            *(
+                f"- [{'x' if ok else ' '}] {what}: {shown}"
+                for what, ok, shown in target_checks(rows)
+            ),
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -125,3 +125,4 @@ def test_the_report_holds_the_tables_and_ticks_the_targets_met() -> None:
     assert report.startswith("## Held-out success")
     assert success_table(rows) in report and loop_table(rows) in report
     assert "- [x] control: one-step compound success flat" in report
+    assert "Targets" not in report_markdown(rows, targets=False)
