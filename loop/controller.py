@@ -385,14 +385,14 @@ def _maybe_queue_training(
     """Queue a train_job when the accepted pool grew by `train_min_new_samples` since the last."""
     if config.train_min_new_samples <= 0:
         return
-    with factory() as session:
+    with factory() as session, session.begin():
         pool = accepted_pool_size(session, run_id)
         last = session.scalar(
             select(TrainJob).where(TrainJob.run_id == run_id).order_by(TrainJob.id.desc()).limit(1)
         )
         last_pool = int(last.data_filter.get("pool_size", 0)) if last else 0
-    if pool - last_pool >= config.train_min_new_samples:
-        queue_train_job(factory, run_id, up_to_round=number)
+        if pool - last_pool >= config.train_min_new_samples:
+            _add_train_job(session, run_id, number, pool)
 
 
 def accepted_pool_size(session: Session, run_id: int) -> int:
@@ -412,11 +412,14 @@ def accepted_pool_size(session: Session, run_id: int) -> int:
 def queue_train_job(factory: sessionmaker[Session], run_id: int, *, up_to_round: int) -> int:
     """Queue a training job on the run's pool up to round `up_to_round`; returns its id."""
     with factory() as session, session.begin():
-        pool = accepted_pool_size(session, run_id)
-        job = TrainJob(
-            run_id=run_id,
-            data_filter={"run_id": run_id, "up_to_round": up_to_round, "pool_size": pool},
-        )
-        session.add(job)
-        session.flush()
-        return job.id
+        return _add_train_job(session, run_id, up_to_round, accepted_pool_size(session, run_id))
+
+
+def _add_train_job(session: Session, run_id: int, up_to_round: int, pool: int) -> int:
+    job = TrainJob(
+        run_id=run_id,
+        data_filter={"run_id": run_id, "up_to_round": up_to_round, "pool_size": pool},
+    )
+    session.add(job)
+    session.flush()
+    return job.id
