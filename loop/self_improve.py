@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from loop.controller import RunConfig, queue_train_job, run_loop
 from loop.ingest import Columns, ingest_rows, read_rows
@@ -57,6 +58,7 @@ from policies.settings import EditorSettings
 from policies.training.settings import TrainingSettings
 from rewards.settings import JudgeSettings
 from store.models import Checkpoint, Run, TrainJob
+from store.objects import ObjectStore
 from store.settings import StoreSettings
 from workers.app import configure_celery
 from workers.context import set_worker_context
@@ -310,12 +312,18 @@ def _launcher_env(settings: Settings) -> dict[str, str]:
     }
 
 
-def _ingest_folder(settings: Settings, folder: Path, origin: str) -> None:
+def _ingest_folder(
+    settings: Settings,
+    factory: sessionmaker[Session],
+    store: ObjectStore,
+    folder: Path,
+    origin: str,
+) -> None:
     rows, _ = read_rows(folder)
     report = ingest_rows(
         rows,
-        session_factory=open_database(settings),
-        store=open_store(settings),
+        session_factory=factory,
+        store=store,
         limits=settings.store.image_limits(),
         origin=origin,
         columns=Columns(),
@@ -351,10 +359,10 @@ def run_arm(
     shutil.rmtree(settings.data_dir, ignore_errors=True)
     settings.data_dir.mkdir(parents=True)
     ensure_schema(settings)
-    _ingest_folder(settings, folders.train_tasks, TRAIN_ORIGIN)
-    _ingest_folder(settings, folders.gate_tasks, HELDOUT_ORIGIN)
     factory = open_database(settings)
     store = open_store(settings)
+    _ingest_folder(settings, factory, store, folders.train_tasks, TRAIN_ORIGIN)
+    _ingest_folder(settings, factory, store, folders.gate_tasks, HELDOUT_ORIGIN)
     configure_celery(settings.worker)
     set_worker_context(build_worker_context(settings))
     parts = replace(build_trainer_parts(settings, settings.training), env=_launcher_env(settings))

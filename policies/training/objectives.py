@@ -40,7 +40,7 @@ from peft.utils import get_peft_model_state_dict
 from policies.checkpoints import inspect_checkpoint, load_weights_in_place
 from policies.loading import load_pipeline
 from policies.pipelines import pipeline_spec
-from policies.pixel_editor import CONFIG_NAME, PixelEditorModel, diffusion_loss
+from policies.pixel_editor import PixelEditorModel, diffusion_loss, is_pixel_editor
 from policies.tiny_checkpoints import LORA_TARGETS
 from policies.training.config import TrainConfig
 
@@ -68,10 +68,10 @@ def objective_name(config: TrainConfig) -> str:
     """`ip2p`, `flow` or `pixel`: as configured, or from the model folder when `auto`."""
     if config.objective != "auto":
         return config.objective
-    model_dir = Path(config.model)
-    if (model_dir / CONFIG_NAME).is_file():
+    if is_pixel_editor(config.model):
         return "pixel"
-    return "flow" if pipeline_spec("auto", model_dir).denoiser == "transformer" else "ip2p"
+    spec = pipeline_spec("auto", Path(config.model))
+    return "flow" if spec.denoiser == "transformer" else "ip2p"
 
 
 def build_objective(config: TrainConfig, device: torch.device, dtype: torch.dtype) -> Objective:
