@@ -64,7 +64,7 @@ from workers.app import configure_celery
 from workers.context import set_worker_context
 from workers.dispatch import CeleryDispatcher
 from workers.settings import WorkerSettings
-from worlds.shapes import (
+from worlds.shapes.tasks import (
     ShapesTask,
     generate_compound_tasks,
     generate_single_op_tasks,

@@ -32,13 +32,8 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from policies.types import EditRequest, EditResult
-from worlds.shapes import (
-    DEFAULT_SIZE,
-    MAX_CLAUSE_WORDS,
-    MAX_OPERATIONS,
-    VOCABULARY,
-    instruction_clauses,
-)
+from worlds.shapes.language import MAX_CLAUSE_WORDS, VOCABULARY, instruction_clauses
+from worlds.shapes.types import DEFAULT_SIZE, MAX_OPERATIONS
 
 PAD = "<pad>"
 CONFIG_NAME = "editor_config.json"

@@ -26,11 +26,11 @@ from policies.pixel_editor import (
     images_to_tensor,
 )
 from policies.types import Editor, EditRequest, EditResult
-from worlds.shapes import (
+from worlds.shapes.measure import measure_edit
+from worlds.shapes.tasks import (
     ShapesTask,
     generate_compound_tasks,
     generate_single_op_tasks,
-    measure_edit,
     random_single_op_task,
 )
 

@@ -31,19 +31,16 @@ from rewards.types import (
     Scores,
 )
 from store.taxonomy import EditType
-from worlds.shapes import (
-    EditMeasurement,
-    Operation,
-    Scene,
-    SuccessCriterion,
-    apply_operations,
+from worlds.shapes.language import (
     describe_scene,
-    measure_edit,
     parse_instruction,
     phrase_operation,
     phrase_operations,
-    recover_scene,
 )
+from worlds.shapes.measure import EditMeasurement, SuccessCriterion, measure_edit
+from worlds.shapes.operations import apply_operations
+from worlds.shapes.pixels import recover_scene
+from worlds.shapes.types import Operation, Scene
 
 SCORER_MODEL = "shapes-exact"
 REFLECTOR_MODEL = "shapes-rule"

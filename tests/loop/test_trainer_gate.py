@@ -17,13 +17,10 @@ from store.objects import LocalStore
 from store.taxonomy import EditType
 from tests.fixtures.loop import FirstOperationEditor
 from tests.loop.trainer_support import seed_pool
-from worlds.shapes import (
-    apply_operations,
-    generate_compound_tasks,
-    parse_instruction,
-    recover_scene,
-    render_scene,
-)
+from worlds.shapes.language import parse_instruction
+from worlds.shapes.operations import apply_operations
+from worlds.shapes.pixels import recover_scene, render_scene
+from worlds.shapes.tasks import generate_compound_tasks
 
 
 class OracleEditor:

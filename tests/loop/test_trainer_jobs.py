@@ -40,7 +40,7 @@ from store.models import Checkpoint, CheckpointStatus, TrainJob, TrainJobStatus
 from store.objects import LocalStore
 from tests.loop.trainer_support import TINY_RECIPE, ip2p_parts, seed_pool
 from tests.loop.trainer_support import tiny_editor as make_editor
-from worlds.shapes import generate_compound_tasks
+from worlds.shapes.tasks import generate_compound_tasks
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -34,13 +34,10 @@ from store.models import (
 )
 from store.objects import ObjectStore, put_content
 from store.taxonomy import Verdict
-from worlds.shapes import (
-    apply_operation,
-    generate_compound_tasks,
-    generate_single_op_tasks,
-    phrase_operation,
-    render_scene,
-)
+from worlds.shapes.language import phrase_operation
+from worlds.shapes.operations import apply_operation
+from worlds.shapes.pixels import render_scene
+from worlds.shapes.tasks import generate_compound_tasks, generate_single_op_tasks
 
 # Toy recipe knobs: 32x32 training, batches of 4, a high learning rate so 20-60 steps show.
 TINY_RECIPE: dict[str, Any] = {

@@ -23,7 +23,8 @@ from policies.pixel_editor import (
 )
 from policies.pixel_pretrain import REPORT_NAME, PretrainConfig, pretrain_pixel_editor
 from policies.types import EditRequest
-from worlds.shapes import VOCABULARY, generate_compound_tasks, generate_single_op_tasks
+from worlds.shapes.language import VOCABULARY
+from worlds.shapes.tasks import generate_compound_tasks, generate_single_op_tasks
 
 TINY = PixelEditorConfig(block_out_channels=(8, 16, 16), embedding_dim=16, sampling_steps=3)
 TASKS = generate_compound_tasks(3, seed=0) + generate_single_op_tasks(3, seed=0)

@@ -31,7 +31,7 @@ from policies.types import EditRequest
 from store.objects import LocalStore
 from tests.fixtures.services import free_port
 from tests.loop.trainer_support import TINY_RECIPE, put_fixed_set
-from worlds.shapes import generate_single_op_tasks
+from worlds.shapes.tasks import generate_single_op_tasks
 
 EXAMPLES = 4
 FLOW_MODELS = {"kontext": "tiny_flux_kontext", "qwen": "tiny_qwen_image_edit"}

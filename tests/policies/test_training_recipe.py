@@ -37,7 +37,7 @@ from policies.types import EditRequest
 from store.objects import LocalStore, ObjectStore, S3Store
 from tests.fixtures.services import free_port
 from tests.loop.trainer_support import SUBPROCESS_ENV, TINY_RECIPE, put_fixed_set
-from worlds.shapes import generate_single_op_tasks
+from worlds.shapes.tasks import generate_single_op_tasks
 
 EXAMPLES = 8
 _BASE_FIGURES: dict[tuple[str, str], tuple[float, torch.Tensor]] = {}

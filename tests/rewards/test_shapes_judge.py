@@ -15,17 +15,11 @@ from rewards.shapes_judge import DIMENSION_NAMES, ShapesReflector, ShapesScorer
 from rewards.types import JudgeItem, ParseStatus, ReflectionTag, Scores
 from rewards.verdict import decide_verdict, image_change
 from store.taxonomy import EditType, Verdict
-from worlds.shapes import (
-    Operation,
-    OpKind,
-    Scene,
-    Shape,
-    apply_operations,
-    generate_compound_tasks,
-    parse_instruction,
-    recover_scene,
-    render_scene,
-)
+from worlds.shapes.language import parse_instruction
+from worlds.shapes.operations import apply_operations
+from worlds.shapes.pixels import recover_scene, render_scene
+from worlds.shapes.tasks import generate_compound_tasks
+from worlds.shapes.types import Operation, OpKind, Scene, Shape
 
 SCENE = Scene("black", (Shape("red", "square", 0), Shape("green", "circle", 4)))
 RECOLOUR = Operation(OpKind.RECOLOUR, "red", "blue")

@@ -9,33 +9,21 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from store.taxonomy import EditType
-from worlds.shapes import (
+from worlds.shapes.language import (
     JOINERS,
     MAX_CLAUSE_WORDS,
     TEMPLATES,
     VOCABULARY,
-    Operation,
-    OpKind,
-    Scene,
-    Shape,
-    SuccessCriterion,
-    apply_operations,
-    check_operations,
     describe_scene,
-    generate_compound_tasks,
-    generate_single_op_tasks,
-    image_to_array,
     instruction_clauses,
-    is_success,
-    measure_edit,
     parse_instruction,
     phrase_operation,
-    recover_scene,
-    render_scene,
-    scene_classes,
-    task_from_meta,
-    task_to_meta,
 )
+from worlds.shapes.measure import SuccessCriterion, is_success, measure_edit
+from worlds.shapes.operations import apply_operations, check_operations
+from worlds.shapes.pixels import image_to_array, recover_scene, render_scene, scene_classes
+from worlds.shapes.tasks import generate_compound_tasks, generate_single_op_tasks, task_to_meta
+from worlds.shapes.types import Operation, OpKind, Scene, Shape
 
 # Black background, a red square in the top-left cell (pixels 0-4 x 0-4), a green disk in the
 # centre cell (pixels 5-9 x 5-9, 13 pixels around (7, 7)).
@@ -163,18 +151,20 @@ def test_describe_scene() -> None:
     assert describe_scene(Scene("gray")) == "a plain gray background with no shapes"
 
 
-def test_meta_round_trips_through_json_and_rejects_bad_records() -> None:
+def test_meta_records_the_task_in_plain_json() -> None:
     for task in generate_compound_tasks(10, seed=1) + generate_single_op_tasks(10, seed=1):
         meta = json.loads(json.dumps(task_to_meta(task)))
-        assert task_from_meta(meta) == task
+        scene = Scene(
+            meta["scene"]["background"],
+            tuple(Shape(s["colour"], s["kind"], s["cell"]) for s in meta["scene"]["shapes"]),
+        )
+        operations = tuple(
+            Operation(OpKind(op["kind"]), op["colour"], op["new_colour"])
+            for op in meta["operations"]
+        )
+        assert (scene, operations, meta["size"]) == (task.scene, task.operations, task.size)
+        assert parse_instruction(meta["instruction"], scene) == operations
         assert meta["target_description"] == describe_scene(task.target_scene)
-    meta = task_to_meta(generate_compound_tasks(1, seed=1)[0])
-    with pytest.raises(ValueError, match="world"):
-        task_from_meta({**meta, "world": "other"})
-    with pytest.raises(ValueError, match="malformed"):
-        task_from_meta({k: v for k, v in meta.items() if k != "scene"})
-    with pytest.raises(ValueError, match="does not say"):
-        task_from_meta({**meta, "operations": meta["operations"][:1]})
 
 
 def test_scene_records_are_validated() -> None:
