@@ -42,7 +42,7 @@ from policies.training.data import (
     read_manifest,
     write_manifest,
 )
-from policies.training.objectives import InstructPix2PixObjective
+from policies.training.objectives.ip2p import InstructPix2PixObjective
 from policies.training.recipe import setup_distributed, train
 from store.images import encode_png
 from store.objects import LocalStore, ObjectStore, S3Store

@@ -21,11 +21,9 @@ from policies.settings import EditorSettings
 from policies.training.config import TrainConfig
 from policies.training.data import EditExamples, read_manifest
 from policies.training.layout import LOSS_LOG, TrainResult
-from policies.training.objectives import (
-    FlowMatchingObjective,
-    InstructPix2PixObjective,
-    objective_name,
-)
+from policies.training.objectives import objective_name
+from policies.training.objectives.flow import FlowMatchingObjective
+from policies.training.objectives.ip2p import InstructPix2PixObjective
 from policies.training.recipe import setup_distributed, train
 from policies.types import EditRequest
 from store.objects import LocalStore

@@ -32,7 +32,8 @@ from policies.training.layout import (
     METRICS_FILE,
     PROGRESS_FILE,
 )
-from policies.training.objectives import InstructPix2PixObjective, PixelObjective
+from policies.training.objectives.ip2p import InstructPix2PixObjective
+from policies.training.objectives.pixel import PixelObjective
 from policies.types import EditRequest
 from store.objects import LocalStore, ObjectStore, S3Store
 from tests.fixtures.services import free_port
