@@ -36,7 +36,6 @@ class EvalTask:
     instruction: str
     edit_type: EditType
     seed: int
-    mask: Image.Image | None = None
 
 
 @dataclass(frozen=True)
@@ -75,7 +74,7 @@ def evaluate(editor: Editor, scorer: Scorer, tasks: Sequence[EvalTask]) -> EvalF
         raise ValueError("tasks is empty: the gate needs held-out tasks to compare on")
     results = editor.edit([EditRequest(t.source, t.instruction, t.seed) for t in tasks])
     items = [
-        JudgeItem(t.source, r.image, t.instruction, t.edit_type, t.mask)
+        JudgeItem(t.source, r.image, t.instruction, t.edit_type)
         for t, r in zip(tasks, results, strict=True)
         if r.image is not None
     ]

@@ -10,8 +10,7 @@ video part is simply absent. It is the documented exception to "never subclass a
 from transformers import Qwen2VLProcessor
 from transformers.processing_utils import ProcessorMixin
 
-IMAGE_TOKEN = "<|image_pad|>"
-VIDEO_TOKEN = "<|video_pad|>"
+from rewards.vlm import IMAGE_TOKEN, VIDEO_TOKEN
 
 
 class QwenImageEditProcessor(Qwen2VLProcessor):

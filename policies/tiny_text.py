@@ -12,20 +12,11 @@ import string
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import CLIPTokenizer, Qwen2Tokenizer, T5Tokenizer
 
+from rewards.vlm import QWEN_SPECIAL_TOKENS
+
 _SUBJECTS = ("cat", "dog", "hat", "car", "tree", "house", "person", "sky", "mountain", "water")
 _ACTIONS = ("add a", "remove the", "replace the", "make the", "turn the", "change the")
 _ATTRIBUTES = ("red", "blue", "green", "snowy", "at night", "into a painting", "bigger", "smiling")
-
-# Qwen's chat and vision markers; the Qwen-Image-Edit prompt template uses all but the video pad.
-QWEN_SPECIAL_TOKENS = (
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-)
 
 
 def instruction_corpus() -> list[str]:

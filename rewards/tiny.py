@@ -22,17 +22,8 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 
 from rewards.prompts import editloop_prompts
 from rewards.reflection import describe_target_prompt, reflect_prompt
-from rewards.vlm import ImageOnlyQwenVLProcessor
+from rewards.vlm import QWEN_SPECIAL_TOKENS, ImageOnlyQwenVLProcessor
 
-SPECIAL_TOKENS = (
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-)
 # Qwen's chat layout: one `<|vision_start|><|image_pad|><|vision_end|>` per image, in place.
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
@@ -74,7 +65,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=VOCAB_SIZE,
-        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens=list(QWEN_SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -93,7 +84,7 @@ def build_tiny_qwen_vl(path: Path, seed: int = 0) -> Path:
     Deterministic for a given `seed`: the same tokenizer and the same weights every time.
     """
     tokenizer = build_tokenizer()
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN_SPECIAL_TOKENS}
     config = Qwen2_5_VLConfig(
         text_config={
             "vocab_size": len(tokenizer),

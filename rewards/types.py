@@ -24,9 +24,6 @@ class JudgeItem:
     edited: Image.Image
     instruction: str
     edit_type: EditType
-    # The region the instruction targets (mode "L" or "1", source size, nonzero = inside), known
-    # in synthetic domains; only the pixel judge reads it.
-    mask: Image.Image | None = None
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,16 @@ from transformers.processing_utils import ProcessorMixin
 
 IMAGE_TOKEN = "<|image_pad|>"
 VIDEO_TOKEN = "<|video_pad|>"
+# Qwen2/2.5-VL's chat and vision markers, as its tokenizers define them.
+QWEN_SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    IMAGE_TOKEN,
+    VIDEO_TOKEN,
+)
 
 
 class ImageOnlyQwenVLProcessor(Qwen2_5_VLProcessor):

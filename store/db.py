@@ -1,6 +1,5 @@
 """Engine and sessions for the metadata database, with bounded retries when it is down."""
 
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -9,6 +8,8 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+
+from store.retry import with_retries
 
 T = TypeVar("T")
 
@@ -47,25 +48,28 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+def is_transient_db_error(exc: Exception) -> bool:
+    """A lost or refused connection (worth retrying), not an error in the statement itself."""
+    if isinstance(exc, OperationalError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
 def with_db_retry(
     fn: Callable[[], T], *, retries: int = 5, backoff_s: float = 0.5, what: str = "query"
 ) -> T:
     """Run `fn` (a whole transaction) again with exponential backoff when the connection fails."""
-    delay = backoff_s
-    for attempt in range(retries + 1):
-        try:
-            return fn()
-        except (OperationalError, DBAPIError) as exc:
-            if not exc.connection_invalidated and not isinstance(exc, OperationalError):
-                raise
-            if attempt == retries:
-                raise DatabaseUnavailable(
-                    f"database did not answer {what} after {retries + 1} tries: {exc.orig}; check "
-                    "that it is running and EDITLOOP_STORE__DATABASE_URL is right"
-                ) from exc
-        time.sleep(delay)
-        delay = min(delay * 2, 10.0)
-    raise AssertionError("unreachable")
+    try:
+        return with_retries(
+            fn, transient=is_transient_db_error, retries=retries, backoff_s=backoff_s, what=what
+        )
+    except DBAPIError as exc:
+        if not is_transient_db_error(exc):
+            raise
+        raise DatabaseUnavailable(
+            f"database did not answer {what} after {retries + 1} tries: {exc.orig}; check "
+            "that it is running and EDITLOOP_STORE__DATABASE_URL is right"
+        ) from exc
 
 
 def check_connection(engine: Engine, *, retries: int = 5, backoff_s: float = 0.5) -> None:

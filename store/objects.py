@@ -4,7 +4,6 @@ import hashlib
 import io
 import os
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -14,6 +13,8 @@ from typing import Protocol, TypeVar
 import urllib3
 from minio import Minio
 from minio.error import S3Error
+
+from store.retry import with_retries
 
 T = TypeVar("T")
 
@@ -147,6 +148,12 @@ class LocalStore:
 _TRANSIENT_S3_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout"}
 
 
+def _is_transient_s3_error(exc: Exception) -> bool:
+    if isinstance(exc, S3Error):
+        return exc.code in _TRANSIENT_S3_CODES
+    return isinstance(exc, urllib3.exceptions.HTTPError | OSError)
+
+
 class S3Store:
     """Objects in one bucket of an S3 endpoint (MinIO or any S3), through the `minio` SDK."""
 
@@ -191,23 +198,20 @@ class S3Store:
         return self._retry(what, fn)
 
     def _retry(self, what: str, fn: Callable[[], T]) -> T:
-        delay = self.backoff_s
-        for attempt in range(self.retries + 1):
-            try:
-                return fn()
-            except S3Error as exc:
-                if exc.code not in _TRANSIENT_S3_CODES or attempt == self.retries:
-                    raise
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
-                if attempt == self.retries:
-                    raise StoreUnavailable(
-                        f"S3 endpoint {self.endpoint} did not answer {what} after "
-                        f"{self.retries + 1} tries ({type(exc).__name__}: {exc}); check that the "
-                        "server is running and EDITLOOP_STORE__S3_ENDPOINT is right"
-                    ) from exc
-            time.sleep(delay)
-            delay = min(delay * 2, 10.0)
-        raise AssertionError("unreachable")
+        try:
+            return with_retries(
+                fn,
+                transient=_is_transient_s3_error,
+                retries=self.retries,
+                backoff_s=self.backoff_s,
+                what=f"S3 {what}",
+            )
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise StoreUnavailable(
+                f"S3 endpoint {self.endpoint} did not answer {what} after "
+                f"{self.retries + 1} tries ({type(exc).__name__}: {exc}); check that the "
+                "server is running and EDITLOOP_STORE__S3_ENDPOINT is right"
+            ) from exc
 
     def _ensure_bucket(self) -> None:
         if self._bucket_checked:
