@@ -1,4 +1,6 @@
-"""editloop's top: settings, the CLI, ingest, the round controller and metrics."""
+"""editloop's top: the round controller, metrics, settings, ingest, gc and runtime at this level;
+`cli/` (the `editloop` command), `training/` (training jobs) and `benchmark/` (the
+self-improvement benchmark) as wings (docs/design.md, "Parts")."""
 
 import os
 

@@ -19,13 +19,12 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
+from loop.checkpoints import latest_promoted
 from loop.metrics import AttemptRecord, round_metrics
 from store.db import insert_ignore, with_db_retry
 from store.models import (
     Attempt,
     AttemptStatus,
-    Checkpoint,
-    CheckpointStatus,
     Judgment,
     Round,
     RoundStatus,
@@ -118,7 +117,10 @@ def _open_round(
     with factory() as session, session.begin():
         round_ = session.scalar(select(Round).where(Round.run_id == run_id, Round.number == number))
         if round_ is None:
-            round_ = Round(run_id=run_id, number=number, checkpoint_id=_current_checkpoint(session))
+            current = latest_promoted(session)
+            round_ = Round(
+                run_id=run_id, number=number, checkpoint_id=current.id if current else None
+            )
             session.add(round_)
             session.flush()
         if round_.status == RoundStatus.FINISHED:
@@ -160,16 +162,6 @@ def pick_tasks(session: Session, config: RunConfig, number: int) -> list[int]:
     )
     rng = random.Random(f"{config.seed}:{config.name}:{number}")
     return sorted(rng.sample(ids, min(config.tasks_per_round, len(ids))))
-
-
-def _current_checkpoint(session: Session) -> int | None:
-    """The latest promoted checkpoint; None means the base model."""
-    return session.scalar(
-        select(Checkpoint.id)
-        .where(Checkpoint.status == CheckpointStatus.PROMOTED)
-        .order_by(Checkpoint.id.desc())
-        .limit(1)
-    )
 
 
 def drive_round(
@@ -216,7 +208,8 @@ def advance_round(
 
 
 def _create_follow_ups(factory: sessionmaker[Session], round_id: int, config: RunConfig) -> int:
-    """Children of judged, non-successful attempts with tries left (JUDGE.md, loop semantics).
+    """Children of judged, non-successful attempts with tries left (docs/design.md, "Judging and
+    reflection": loop semantics).
 
     `Reflection` edits the parent's output with the revised instruction; `Failed` restarts from
     the source with the original instruction. Every child is still judged against the original.

@@ -1,4 +1,4 @@
-"""Garbage collection of objects no row references (DESIGN.md, invariant 2: object first, row
+"""Garbage collection of objects no row references (docs/design.md, invariant 2: object first, row
 second, so a crash between the two leaves an unreferenced object, never a dangling row)."""
 
 from collections import defaultdict
@@ -7,11 +7,9 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from loop.ingest import SOURCE_PREFIX
-from loop.publish import STAGING_PREFIX
+from store.keys import EDIT_PREFIX, SOURCE_PREFIX, STAGING_PREFIX
 from store.models import Attempt, Task
 from store.objects import ObjectStore
-from workers.stages import EDIT_PREFIX
 
 
 def referenced_keys(session: Session) -> set[str]:

@@ -17,12 +17,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from store.db import insert_ignore, with_db_retry
 from store.images import ImageError, ImageLimits, canonical_png
+from store.keys import SOURCE_PREFIX
 from store.models import Task
 from store.objects import ObjectStore, content_key, put_content
 from store.taxonomy import parse_edit_type
 
 MAX_INSTRUCTION_CHARS = 2000
-SOURCE_PREFIX = "sources"
 
 
 @dataclass(frozen=True)

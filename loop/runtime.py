@@ -1,13 +1,15 @@
-"""Build what a worker process needs from the settings: the composition root of the models."""
+"""What a worker process and a trainer need, built from the settings (the models' composition)."""
 
 from pathlib import Path
 
 from loop.services import open_database, open_store
 from loop.settings import Settings
+from loop.training.jobs import TrainerParts
 from policies.checkpoints import fetch_checkpoint
 from policies.editor import BASE_VERSION, InstructionEditor
-from policies.pixel_editor import PixelEditor, is_pixel_editor
+from policies.pixel_editor import PixelEditor, PixelEditorModel, is_pixel_editor
 from policies.tiny import ensure_tiny_editor
+from policies.training.settings import TrainingSettings
 from policies.types import Editor
 from rewards.factory import judge_model_dir, load_judges, verdict_thresholds
 from rewards.shapes_judge import ShapesReflector, ShapesScorer
@@ -97,4 +99,37 @@ def build_worker_context(settings: Settings) -> WorkerContext:
         thresholds=verdict_thresholds(settings.judge),
         judge_timeout_s=settings.worker.dispatch_timeout_s,
         retries=settings.store.retries,
+    )
+
+
+def build_trainer_parts(settings: Settings, training: TrainingSettings) -> TrainerParts:
+    """The trainer's parts from the settings: database, store, the editor and the scorer."""
+    store = open_store(settings)
+    models = ModelCache(
+        load_editor=lambda old, checkpoint: load_editor(settings, store, old, checkpoint),
+        load_judges=lambda: load_model_judges(settings),
+    )
+
+    def verify(folder: Path) -> None:
+        editor = models.editor(None)
+        if isinstance(editor, PixelEditor):
+            PixelEditorModel.from_pretrained(folder)  # a pixel checkpoint is a whole editor
+            return
+        # Load the candidate into the base editor, then put the editor back on the base weights
+        # (the state the model cache believes it is in).
+        if not isinstance(editor, InstructionEditor):
+            raise ValueError(f"cannot verify a checkpoint with a {type(editor).__name__}")
+        editor.use_checkpoint("candidate-under-verification", folder)
+        editor.use_base()
+
+    return TrainerParts(
+        factory=open_database(settings),
+        store=store,
+        settings=training,
+        work_dir=training.work_dir or settings.data_dir / "training",
+        model=str(editor_model_dir(settings)),
+        cache_dir=settings.data_dir / "checkpoint-cache",
+        editor_for=models.editor,
+        verify=verify,
+        load_scorer=lambda: models.judges()[0],
     )

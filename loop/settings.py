@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -24,6 +24,10 @@ from rewards.settings import JudgeSettings
 from store.db import sqlite_url
 from store.settings import StoreSettings
 from workers.settings import WorkerSettings
+
+
+class SettingsError(ValueError):
+    """The settings cannot be read: a bad value, a malformed or missing config file."""
 
 
 class Settings(BaseSettings):
@@ -63,20 +67,34 @@ class Settings(BaseSettings):
         if config_file:
             path = Path(config_file)
             if not path.is_file():
-                raise FileNotFoundError(f"EDITLOOP_CONFIG={config_file}: no such file")
+                raise SettingsError(f"EDITLOOP_CONFIG={config_file}: no such file")
             if path.suffix == ".toml":
                 sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
             elif path.suffix in {".yaml", ".yml"}:
                 sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
             else:
-                raise ValueError(f"EDITLOOP_CONFIG={config_file}: use a .toml or .yaml file")
+                raise SettingsError(f"EDITLOOP_CONFIG={config_file}: use a .toml or .yaml file")
         return tuple(sources)
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process's settings, read once."""
-    return Settings()
+    """The process's settings, read once; `SettingsError` says what is wrong and how to fix it."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per bad value: the setting, the problem, and the variable that sets it."""
+    problems = []
+    for error in exc.errors():
+        path = ".".join(str(part) for part in error["loc"])
+        variable = "EDITLOOP_" + "__".join(str(part).upper() for part in error["loc"])
+        given = f" (got {error['input']!r})" if not isinstance(error["input"], dict) else ""
+        problems.append(f"setting {path}: {error['msg']}{given}; set it with {variable}")
+    return "invalid settings: " + "; ".join(problems)
 
 
 def masked_settings(settings: Settings) -> dict[str, Any]:

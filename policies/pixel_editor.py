@@ -1,6 +1,6 @@
 """A small pixel-space diffusion editor for the shapes world, and its training loss.
 
-Set-up of EXPERIMENTS.md (common set-up and experiment 2): a diffusers `UNet2DConditionModel`
+The set-up of the experiments in docs/design.md: a diffusers `UNet2DConditionModel`
 (blocks 32/64/64, one layer each, cross-attention in the two lower blocks, cross-attention dim
 64, 1.7 M parameters) denoises the target image with the source image concatenated to its input
 (6 channels, InstructPix2Pix-style, no VAE); the instruction is word embeddings + learned
@@ -9,9 +9,8 @@ x0-prediction; sampling: DDIM, 10 steps, eta 1.
 
 The instruction is split into clauses (one operation each) and each clause fills a slot of
 `clause_length` words, so an operation is read the same wherever it stands; pre-training puts a
-single operation in a random slot (EXPERIMENTS.md, experiment 2: "an instruction = two slots of
-three tokens; pre-training puts one operation in a random slot"), which is what lets compound
-instructions, never seen in pre-training, be partly done in one step.
+single operation in a random slot (as in the hindsight experiment of docs/design.md), which is what
+lets compound instructions, never seen in pre-training, be partly done in one step.
 
 A checkpoint is a folder (`PixelEditorModel.save_pretrained`): `unet/` (diffusers
 `save_pretrained`), `text_embedding.safetensors` (word and position embeddings) and
@@ -21,7 +20,7 @@ A checkpoint is a folder (`PixelEditorModel.save_pretrained`): `unet/` (diffuser
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -31,33 +30,11 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from policies.pixel_config import CONFIG_NAME, PAD, PixelEditorConfig
 from policies.types import EditRequest, EditResult
-from worlds.shapes.language import MAX_CLAUSE_WORDS, VOCABULARY, instruction_clauses
-from worlds.shapes.types import DEFAULT_SIZE, MAX_OPERATIONS
+from worlds.shapes.language import instruction_clauses
 
-PAD = "<pad>"
-CONFIG_NAME = "editor_config.json"
 EMBEDDING_NAME = "text_embedding.safetensors"
-
-
-@dataclass(frozen=True)
-class PixelEditorConfig:
-    """Architecture and sampling settings of a pixel editor (saved with the checkpoint)."""
-
-    size: int = DEFAULT_SIZE  # image side, pixels
-    vocabulary: tuple[str, ...] = (PAD, *VOCABULARY)  # words; index 0 is padding
-    clause_length: int = MAX_CLAUSE_WORDS  # words per slot
-    max_clauses: int = MAX_OPERATIONS  # slots
-    block_out_channels: tuple[int, ...] = (32, 64, 64)  # UNet channels per resolution
-    embedding_dim: int = 64  # word embedding = cross-attention dim
-    num_train_timesteps: int = 1000  # DDPM steps
-    prediction_type: str = "sample"  # x0-prediction, as the experiments
-    sampling_steps: int = 10  # DDIM steps per edit
-    eta: float = 1.0  # DDIM stochasticity (1 = DDPM-like), as the experiments
-
-    @property
-    def sequence_length(self) -> int:
-        return self.clause_length * self.max_clauses
 
 
 class InstructionTokenizer:

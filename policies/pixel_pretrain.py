@@ -1,9 +1,9 @@
 """Pre-training recipe of the pixel editor: single-operation shapes tasks only, then evaluation.
 
-EXPERIMENTS.md, experiment 2: pre-trained on single operations (recolour, remove, background),
-1,200 steps at batch 32 and learning rate 1e-3, the editor does single operations ~always and
-compound instructions (two operations, never seen here) in one step rarely (17%); that gap is
-what the self-improvement loop closes. `setup → train → save → evaluate`, run as
+As in docs/design.md ("Learning from judged edits"): pre-trained on single operations (recolour,
+remove, background), 1,200 steps at batch 32 and learning rate 1e-3, the editor does single
+operations ~always and compound instructions (two operations, never seen here) in one step rarely
+(17%); that gap is what the self-improvement loop closes. `setup → train → save → evaluate`, run as
 `python -m policies.pixel_pretrain --out DIR [--steps N] [--threads 1]`.
 """
 
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
+from policies.pixel_config import PixelEditorConfig
 from policies.pixel_editor import (
     InstructionTokenizer,
     PixelEditor,
-    PixelEditorConfig,
     PixelEditorModel,
     diffusion_loss,
     images_to_tensor,
@@ -43,7 +43,8 @@ REPORT_NAME = "pretrain_report.json"
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """Pre-training run; defaults are the full setting of EXPERIMENTS.md, experiment 2."""
+    """Pre-training run; defaults are the full setting of the hindsight experiment
+    (docs/design.md, "Learning from judged edits")."""
 
     steps: int = 1200  # optimizer steps
     batch_size: int = 32  # fresh single-operation tasks per step
@@ -85,7 +86,7 @@ def single_op_batch(
     rng: random.Random, tokenizer: InstructionTokenizer, batch_size: int, size: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fresh single-operation tasks: source, target (B, 3, S, S) in [-1, 1] and token ids, each
-    clause in a random slot (EXPERIMENTS.md, experiment 2)."""
+    clause in a random slot (docs/design.md, "Learning from judged edits")."""
     tasks = [random_single_op_task(rng, size) for _ in range(batch_size)]
     source = images_to_tensor([task.source_image() for task in tasks])
     target = images_to_tensor([task.target_image() for task in tasks])

@@ -1,4 +1,4 @@
-"""Judges of edits: scorers, the ReasonEdit reflector, and the verdict rule (JUDGE.md).
+"""Judges of edits: scorers, the ReasonEdit reflector, and the verdict rule (docs/design.md).
 
 Pure logic: `prompts` (rating prompts per edit type), `parsing` (scores out of an answer),
 `reflection` (reflector prompts and validator), `verdict` (verdict rule and no-op guard).

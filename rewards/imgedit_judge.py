@@ -43,7 +43,7 @@ def judge_turn(item: JudgeItem, prompts: JudgePrompts) -> Turn:
 def expected_score(digit_logits: torch.Tensor) -> float:
     """Expected value over 1-5 from the logits of the tokens "1".."5" at one step, shape (5,).
 
-    The Edit-R1 reward server reads its judge this way (JUDGE.md): renormalising over the five
+    The Edit-R1 reward server reads its judge this way (docs/design.md): renormalising over the five
     digits is a softmax over their logits alone.
     """
     probs = torch.softmax(digit_logits.double(), dim=0)

@@ -1,10 +1,10 @@
 """Reading the three 1-5 scores out of a judge's answer, without ever guessing one.
 
-ImgEdit's benchmark parser keeps every `Label: N` line with an integer N, silently drops `4.`,
-`4/5` and `Score 2: 4 (...)`, and never checks that three scores came back; a peer system even
-returns a random score when parsing fails (JUDGE.md). This parser accepts the forms real models
-emit, requires exactly the type's three dimensions, checks the range and applies ImgEdit-Judge's
-cap (dimensions 2 and 3 not above dimension 1). Anything else is `unparseable`, with the reason.
+ImgEdit's benchmark parser keeps every `Label: N` line with an integer N, silently drops `4.`, `4/5`
+and `Score 2: 4 (...)`, and never checks that three scores came back; a peer system even returns a
+random score when parsing fails (docs/design.md). This parser accepts the forms real models emit,
+requires exactly the type's three dimensions, checks the range and applies ImgEdit-Judge's cap
+(dimensions 2 and 3 not above dimension 1). Anything else is `unparseable`, with the reason.
 """
 
 import re

@@ -1,10 +1,10 @@
 """Judge prompts per edit type: editloop's own, or the user's ImgEdit `prompts.json`.
 
-Both kinds follow the structure JUDGE.md describes for ImgEdit-Judge: the instruction substituted
-for `<edit_prompt>`, three named 1-5 dimensions with a rubric line per level, the cap sentence
-(dimensions 2 and 3 not above dimension 1) and the answer format `Brief reasoning: ...` followed by
-one `<Dimension>: <1-5>` line per dimension. The wording of editloop's prompts is our own; a judge
-fine-tuned on ImgEdit's exact text should be given that file (`load_imgedit_prompts`).
+Both kinds follow the structure docs/design.md describes for ImgEdit-Judge: the instruction
+substituted for `<edit_prompt>`, three named 1-5 dimensions with a rubric line per level, the cap
+sentence (dimensions 2 and 3 not above dimension 1) and the answer format `Brief reasoning: ...`
+followed by one `<Dimension>: <1-5>` line per dimension. The wording of editloop's prompts is our
+own; a judge fine-tuned on ImgEdit's exact text should be given that file (`load_imgedit_prompts`).
 """
 
 import json
@@ -17,7 +17,7 @@ from store.taxonomy import EditType, parse_edit_type
 
 PLACEHOLDER = "<edit_prompt>"
 
-# The dimension names ImgEdit-Judge uses, by edit type (JUDGE.md's table). The first one is
+# The dimension names ImgEdit-Judge uses, by edit type (docs/design.md's table). The first one is
 # instruction following, the second and third quality / preservation in the type's own terms;
 # `Scores.following/quality/preservation` take them in this order. `visual-reference` and `other`
 # have no ImgEdit prompt: they get editloop's generic triple.
@@ -58,7 +58,7 @@ DIMENSIONS: Mapping[EditType, tuple[str, str, str]] = MappingProxyType(
     }
 )
 
-# ImgEdit-Judge rates the extracted object alone (JUDGE.md): one image instead of a pair.
+# ImgEdit-Judge rates the extracted object alone (docs/design.md): one image instead of a pair.
 SINGLE_IMAGE_TYPES = frozenset({EditType.EXTRACT})
 
 

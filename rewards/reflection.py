@@ -3,8 +3,8 @@
 ReasonEdit (Step1X-Edit v1.2) evaluates one image against a target description, which its paper
 found better than comparing two images: (1) describe the target from source + instruction, (2)
 judge the edited image against that description, (3) answer `<#Think> ... <#Success>`,
-`<#Think> ... <#Failed>` or `<#Think> ... <#Reflection> <new instruction>` (JUDGE.md). The prompt
-wording here is our own.
+`<#Think> ... <#Failed>` or `<#Think> ... <#Reflection> <new instruction>` (docs/design.md). The
+prompt wording here is our own.
 """
 
 import re

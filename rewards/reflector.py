@@ -16,7 +16,7 @@ from rewards.vlm import Generation, PixelBounds, Turn, VisionLanguageModel, gene
 
 
 class ReasonEditReflector:
-    """A Qwen2.5-VL following ReasonEdit's protocol in two generations per item (JUDGE.md).
+    """A Qwen2.5-VL following ReasonEdit's protocol in two generations per item (docs/design.md).
 
     (1) From the source and the instruction, describe the target image. (2) From the edited image,
     the instruction and that description, answer `<#Think> ...` with one ending tag. An answer that

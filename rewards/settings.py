@@ -22,7 +22,7 @@ class JudgeSettings(BaseModel):
     prompts_file: str = Field(
         "", description="ImgEdit prompts.json ({edit_type: prompt}); empty = editloop's own prompts"
     )
-    # ImgEdit-Judge's recommended bounds (JUDGE.md); the processor resizes every image into them.
+    # ImgEdit-Judge's recommended bounds (docs/design.md); the processor resizes images into them.
     min_pixels: int = Field(1016064, gt=0, description="smallest image area fed to the VLM, pixels")
     max_pixels: int = Field(1354752, gt=0, description="largest image area fed to the VLM, pixels")
     continuous: bool = Field(

@@ -3,7 +3,7 @@
 Both read everything from the item: the source image is an exact render, so the scene is
 recovered from its pixels (`worlds.shapes.recover_scene`), the operations are parsed from the
 instruction, and the target follows; no task metadata is needed. As every judge here, they judge
-an attempt against the ORIGINAL source and instruction (JUDGE.md), also for a reflection's
+an attempt against the ORIGINAL source and instruction (docs/design.md), also for a reflection's
 output, so "which operations are done" is always relative to the original task.
 
 An item outside the world (a source that is not a rendered scene, an instruction the world cannot
@@ -113,7 +113,7 @@ def quality_score(measurement: EditMeasurement) -> int:
     """Visual quality, from the mean RGB distance (0-1 units) of the pixels to their nearest palette
     colour: up to 0.04 5, 0.1 4, 0.3 3, 0.45 2, more 1. An exact render is ~0.003; Gaussian noise of
     sigma 0.15 per channel (0.3 in the editor's [-1, 1] units, which the success criterion still
-    accepts: EXPERIMENTS.md) gives 0.13-0.25, so 3, and a Success passes a "every dimension at
+    accepts: docs/design.md) gives 0.13-0.25, so 3, and a Success passes a "every dimension at
     least 3" verdict rule."""
     return 5 - sum(measurement.palette_distance > bound for bound in (0.04, 0.1, 0.3, 0.45))
 
@@ -180,7 +180,7 @@ def score_item(item: JudgeItem, criterion: SuccessCriterion = SuccessCriterion()
 
 
 def reflect_item(item: JudgeItem, criterion: SuccessCriterion = SuccessCriterion()) -> Reflection:
-    """The rule reflection of one item (ReasonEdit protocol, JUDGE.md):
+    """The rule reflection of one item (ReasonEdit protocol, docs/design.md):
 
     - `Success`: the whole image matches the target within the criterion;
     - `Reflection`: nothing outside the edited regions changed (within the criterion), at least
@@ -189,7 +189,7 @@ def reflect_item(item: JudgeItem, criterion: SuccessCriterion = SuccessCriterion
       operation edits a different object); the loop applies it to this attempt's output;
     - `Failed`: damage elsewhere, nothing done, an image unlike the source in size or mode, or
       every operation done but the image not clean enough (no instruction would repair it).
-    This contains experiment 2's rule (output = one operation's own target) and also reflects
+    This contains the hindsight experiment's rule (output = one operation's own target) and reflects
     when the missing operation was half done, which the same instruction repairs.
     """
     started = time.perf_counter()

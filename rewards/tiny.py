@@ -1,4 +1,4 @@
-"""A tiny random-init Qwen2.5-VL for tests and the demo, built offline (RECIPES.md).
+"""A tiny random-init Qwen2.5-VL for tests and the demo, built offline (docs/design.md).
 
 It is saved with `save_pretrained` and loaded back by `load_vision_language_model`, the code that
 loads a real ImgEdit-Judge, so tests exercise the real load / preprocess / generate path. Its

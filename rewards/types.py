@@ -18,7 +18,7 @@ class ParseStatus(StrEnum):
 
 @dataclass(frozen=True)
 class JudgeItem:
-    """One edit to judge, always against the original source and instruction (JUDGE.md)."""
+    """One edit to judge, always against the original source and instruction (docs/design.md)."""
 
     source: Image.Image
     edited: Image.Image

@@ -41,7 +41,7 @@ class VerdictThresholds:
 
 
 class VerdictReason(StrEnum):
-    """Why a verdict was given; `unparseable` is the name JUDGE.md fixes for a bad judge answer."""
+    """Why a verdict was given; `unparseable`: the judge's answer could not be read."""
 
     ACCEPTED = "accepted"
     REFLECT = "reflect"

@@ -30,7 +30,7 @@ QWEN_SPECIAL_TOKENS = (
 
 
 class ImageOnlyQwenVLProcessor(Qwen2_5_VLProcessor):
-    """Qwen2.5-VL's processor without its video half, which needs torchvision (RECIPES.md).
+    """Qwen2.5-VL's processor without its video half, which needs torchvision (docs/design.md).
 
     `ProcessorMixin` derives the parts to load from `__init__`'s signature, so naming only the image
     processor and the tokenizer here makes `from_pretrained` work on tiny and real checkpoints
@@ -51,7 +51,7 @@ class ImageOnlyQwenVLProcessor(Qwen2_5_VLProcessor):
 class PixelBounds:
     """Area bounds (pixels) each image is resized into by the processor, keeping aspect ratio.
 
-    The defaults are ImgEdit-Judge's recommended `min_pixels`/`max_pixels` (JUDGE.md).
+    The defaults are ImgEdit-Judge's recommended `min_pixels`/`max_pixels` (docs/design.md).
     """
 
     min_pixels: int = 1016064
@@ -75,7 +75,7 @@ class VisionLanguageModel:
 
 
 def load_vision_language_model(path: Path, device: str = "cpu") -> VisionLanguageModel:
-    """Load a Qwen2.5-VL checkpoint folder (never the hub): bf16 on GPU, fp32 on CPU (JUDGE.md).
+    """Load a Qwen2.5-VL checkpoint folder (never the hub): bf16 on GPU, fp32 on CPU.
 
     Raises `FileNotFoundError` when `path` holds no checkpoint.
     """

@@ -1,4 +1,4 @@
-"""SQLAlchemy 2 models of editloop's metadata (see DESIGN.md, "Data model").
+"""SQLAlchemy 2 models of editloop's metadata (docs/design.md, "Data model").
 
 Enumerated columns are plain strings checked by the application (`native_enum=False`), so the
 same schema and migrations serve PostgreSQL and SQLite.

@@ -34,9 +34,10 @@ def with_retries(
         except Exception as exc:
             if attempt == retries or not transient(exc):
                 raise
+            first_line = next(iter(str(exc).splitlines()), "")
             log.warning(
                 "%s failed (%s: %s); retry %d of %d in %.1f s",
-                what, type(exc).__name__, exc, attempt + 1, retries, delay,
+                what, type(exc).__name__, first_line, attempt + 1, retries, delay,
             )  # fmt: skip
         time.sleep(delay)
         delay = min(delay * 2, MAX_DELAY_S)

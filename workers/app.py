@@ -22,7 +22,7 @@ def configure_celery(settings: WorkerSettings) -> Celery:
     if broker_url.startswith(("redis://", "rediss://")):
         # kombu scans for unacked messages every 10 s x 10 by default (~100 s to redeliver a
         # killed worker's task); these make it ~5 s once the visibility timeout lapsed
-        # (RECIPES.md, "Celery brokers and a killed worker").
+        # (docs/design.md, "Platform notes").
         transport_options = {
             "visibility_timeout": settings.visibility_timeout_s,
             "unacked_restore_interval": 1,

@@ -16,12 +16,11 @@ from rewards.types import JudgeItem
 from rewards.verdict import decide_verdict, image_change
 from store.db import insert_ignore, with_db_retry
 from store.images import ImageError, decode_image, encode_png
+from store.keys import EDIT_PREFIX
 from store.models import Attempt, AttemptStatus, Checkpoint, Judgment, Round, Run, Task, utcnow
 from store.objects import ObjectNotFound, put_content
 from store.taxonomy import EditType, Verdict
 from workers.context import WorkerContext
-
-EDIT_PREFIX = "edits"
 
 
 def db_text(value: str | None) -> str | None:

@@ -1,7 +1,7 @@
 """The fine-tuning recipe: DeepSpeed ZeRO-2/3 on the accepted pool, resumable, one folder per run.
 
 Launched once per rank by `deepspeed` or `torchrun` (or alone, as a single process), through
-`editloop train CONFIG` or `python -m loop.train_command CONFIG`:
+`editloop train CONFIG` or `python -m loop.cli.train CONFIG`:
 
     setup    distributed (NCCL on GPU, gloo on CPU), objective, data, DeepSpeed engine; resume
              from the newest DeepSpeed checkpoint in `output_dir/deepspeed/` when there is one

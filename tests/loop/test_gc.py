@@ -7,11 +7,12 @@ from pathlib import Path
 
 from loop.gc import collect_garbage
 from loop.ingest import ingest_rows, read_rows
-from loop.publish import CHECKPOINT_PREFIX, STAGING_PREFIX, publish_checkpoint
+from loop.training.publish import publish_checkpoint
 from migrations import upgrade
 from policies.checkpoints import fetch_checkpoint
 from store.db import make_engine, make_session_factory
 from store.images import ImageLimits
+from store.keys import CHECKPOINT_PREFIX, STAGING_PREFIX
 from store.models import Checkpoint
 from store.objects import LocalStore, put_content
 

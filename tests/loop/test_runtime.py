@@ -7,7 +7,8 @@ import torch
 from loop.runtime import load_editor, load_model_judges
 from loop.settings import Settings
 from policies.editor import BASE_VERSION
-from policies.pixel_editor import PixelEditor, PixelEditorConfig, PixelEditorModel
+from policies.pixel_config import PixelEditorConfig
+from policies.pixel_editor import PixelEditor, PixelEditorModel
 from policies.settings import EditorSettings
 from rewards.settings import JudgeSettings
 from rewards.shapes_judge import ShapesReflector, ShapesScorer

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from loop.settings import Settings, masked_settings
+from loop.settings import Settings, SettingsError, get_settings, masked_settings
 
 
 def test_defaults_are_the_embedded_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -36,11 +36,11 @@ def test_yaml_config_and_bad_config_paths(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("EDITLOOP_CONFIG", str(config))
     assert Settings().judge.max_reflections == 1
     monkeypatch.setenv("EDITLOOP_CONFIG", str(tmp_path / "missing.toml"))
-    with pytest.raises(FileNotFoundError, match="missing.toml"):
+    with pytest.raises(SettingsError, match="missing.toml: no such file"):
         Settings()
     (tmp_path / "x.ini").write_text("")
     monkeypatch.setenv("EDITLOOP_CONFIG", str(tmp_path / "x.ini"))
-    with pytest.raises(ValueError, match=".toml or .yaml"):
+    with pytest.raises(SettingsError, match=".toml or .yaml"):
         Settings()
 
 
@@ -58,3 +58,13 @@ def test_secrets_are_masked(monkeypatch: pytest.MonkeyPatch) -> None:
         assert secret not in shown
     assert "postgresql+psycopg://app:***@db/edit" in shown
     assert "amqp://guest:***@mq:5672//" in shown
+
+
+def test_a_bad_value_names_the_setting_and_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDITLOOP_STORE__RETRIES", "many")
+    get_settings.cache_clear()
+    with pytest.raises(SettingsError) as raised:
+        get_settings()
+    get_settings.cache_clear()
+    assert str(raised.value).startswith("invalid settings: setting store.retries: ")
+    assert "(got 'many'); set it with EDITLOOP_STORE__RETRIES" in str(raised.value)

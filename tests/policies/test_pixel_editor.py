@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
+from policies.pixel_config import PixelEditorConfig
 from policies.pixel_editor import (
     PixelEditor,
-    PixelEditorConfig,
     PixelEditorModel,
     diffusion_loss,
     images_to_tensor,

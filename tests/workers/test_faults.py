@@ -1,5 +1,5 @@
 """Fault tests: whatever breaks, every attempt ends exactly once and the store holds exactly
-the objects the rows reference (DESIGN.md, invariants 1 and 2)."""
+the objects the rows reference (docs/design.md, invariants 1 and 2)."""
 
 import os
 import signal

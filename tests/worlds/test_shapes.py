@@ -237,7 +237,7 @@ def test_a_removed_shape_is_right_under_either_background() -> None:
 
 
 def test_noise_below_half_the_palette_spacing_still_succeeds() -> None:
-    # EXPERIMENTS.md: the target plus Gaussian noise of sigma 0.3 (in [-1, 1]) still passes.
+    # docs/design.md: the target plus Gaussian noise of sigma 0.3 (in [-1, 1]) still passes.
     rng = np.random.default_rng(0)
     for task in generate_compound_tasks(20, seed=2):
         array = image_to_array(task.target_image()) + rng.normal(0, 0.15, (16, 16, 3))

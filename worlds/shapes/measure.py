@@ -21,7 +21,7 @@ from worlds.shapes.types import Operation, Scene
 @dataclass(frozen=True)
 class SuccessCriterion:
     """An edit is right when at most `max_wrong` pixels have the wrong palette class overall and at
-    most `max_wrong_per_cell` in any grid cell (EXPERIMENTS.md: a wrong shape, colour, position or
+    most `max_wrong_per_cell` in any grid cell (docs/design.md: a wrong shape, colour, position or
     background always fails; the target plus Gaussian noise of sigma 0.3 still passes)."""
 
     max_wrong: int = 10

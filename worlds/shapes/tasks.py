@@ -96,8 +96,8 @@ def random_single_op_task(rng: random.Random, size: int = DEFAULT_SIZE) -> Shape
 def random_compound_task(rng: random.Random, size: int = DEFAULT_SIZE) -> ShapesTask:
     """A task of two operations on different objects in one instruction."""
     while True:
-        # As in EXPERIMENTS.md, experiment 2: two different kinds three times in four, else two
-        # recolours or two removals (which need two shapes).
+        # As in docs/design.md, "Learning from judged edits": two different kinds three times in
+        # four, else two recolours or two removals (which need two shapes).
         scene = random_scene(rng, rng.choice([1, 2, 2]))
         if rng.random() < 0.75:
             kinds = rng.sample(list(OpKind), 2)

@@ -12,7 +12,7 @@ from enum import StrEnum
 import numpy as np
 
 # Colours as RGB in [0, 1]; shape colours and background colours are disjoint, so a shape is
-# always distinguishable from any background (EXPERIMENTS.md, common set-up).
+# always distinguishable from any background (docs/design.md, "Learning from judged edits").
 SHAPE_COLOURS: dict[str, tuple[float, float, float]] = {
     "red": (1.0, 0.0, 0.0),
     "green": (0.0, 1.0, 0.0),

@@ -1,0 +1,1 @@
+"""The self-improvement benchmark (`editloop bench self-improve`, `editloop demo`), its report."""

@@ -1,0 +1,141 @@
+"""Commands on the data: `config`, `db upgrade|downgrade`, `ingest`, `status`, `gc`."""
+
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from tqdm import tqdm
+
+from loop.cli.errors import UserError
+from loop.gc import collect_garbage
+from loop.ingest import Columns, IngestReport, ingest_rows, read_rows
+from loop.schema import ensure_schema
+from loop.services import open_database, open_store
+from loop.settings import get_settings, masked_settings
+from loop.status import StatusReport, collect_status
+from migrations import downgrade, upgrade
+
+db_app = typer.Typer(help="Manage the metadata database schema (Alembic).", no_args_is_help=True)
+console = Console()
+
+
+def show_config() -> None:
+    """Print the effective settings as JSON, secrets masked."""
+    print(json.dumps(masked_settings(get_settings()), indent=2))
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = typer.Argument("head", help="Target revision.")) -> None:
+    """Migrate the database up to REVISION (default: the latest)."""
+    upgrade(get_settings().store.database_url, revision)
+    console.print(f"database at {revision}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: str = typer.Argument(..., help="Target revision, e.g. base.")) -> None:
+    """Migrate the database down to REVISION (`base` removes every table)."""
+    downgrade(get_settings().store.database_url, revision)
+    console.print(f"database at {revision}")
+
+
+def ingest(
+    path: Path = typer.Argument(
+        ...,
+        help="A JSONL file (rows point to images relative to it), a folder with "
+        "instructions.jsonl, a Parquet file, or a saved Hugging Face datasets folder.",
+    ),
+    origin: str = typer.Option("", help="Name of the source dataset (default: the path's name)."),
+    image_column: str = typer.Option("image", help="Field holding the image path or bytes."),
+    instruction_column: str = typer.Option("instruction", help="Field holding the instruction."),
+    type_column: str = typer.Option("edit_type", help="Field holding the ImgEdit edit type."),
+) -> None:
+    """Load edit tasks; bad rows are reported and skipped, re-ingesting adds nothing."""
+    settings = get_settings()
+    try:
+        rows, total = read_rows(path)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    ensure_schema(settings)
+    session_factory = open_database(settings)
+    store = open_store(settings)
+    with tqdm(total=total, unit="row", desc="ingest", disable=None) as bar:
+        report = ingest_rows(
+            rows,
+            session_factory=session_factory,
+            store=store,
+            limits=settings.store.image_limits(),
+            origin=origin or path.name,
+            columns=Columns(image_column, instruction_column, type_column),
+            on_row=bar.update,
+            retries=settings.store.retries,
+        )
+    _print_ingest_report(report)
+
+
+def _print_ingest_report(report: IngestReport) -> None:
+    for problem in report.problems[:50]:
+        console.print(
+            f"line {problem.line}: {problem.reason}: {problem.detail}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if len(report.problems) > 50:
+        console.print(f"... and {len(report.problems) - 50} more rejected rows")
+    table = Table(title="ingest summary")
+    table.add_column("outcome")
+    table.add_column("rows", justify="right")
+    table.add_row("ingested", str(report.ingested))
+    table.add_row("duplicate", str(report.duplicate))
+    for reason, n in sorted(report.rejected.items()):
+        table.add_row(f"rejected: {reason}", str(n))
+    console.print(table)
+
+
+def status() -> None:
+    """Counts of tasks, runs, rounds, attempts by status, accepted samples and checkpoints."""
+    settings = get_settings()
+    ensure_schema(settings)
+    with open_database(settings)() as session:
+        report = collect_status(session)
+    _print_status(report)
+
+
+def _print_status(report: StatusReport) -> None:
+    table = Table(title="editloop status")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    table.add_row("tasks", str(report.tasks))
+    table.add_row("runs", str(report.runs))
+    table.add_row("rounds", str(report.rounds))
+    for name, n in sorted(report.attempts_by_status.items()):
+        table.add_row(f"attempts: {name}", str(n))
+    table.add_row("accepted samples", str(report.samples))
+    for name, n in sorted(report.checkpoints_by_status.items()):
+        table.add_row(f"checkpoints: {name}", str(n))
+    console.print(table)
+
+
+def gc(
+    grace_minutes: float = typer.Option(
+        60,
+        min=0,
+        help="Keep unreferenced objects younger than this (rows or uploads may be on their way).",
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List what would be deleted."),
+) -> None:
+    """Delete stored images that no task or attempt references, and staged checkpoint uploads
+    (both left by crashes)."""
+    settings = get_settings()
+    ensure_schema(settings)
+    garbage = collect_garbage(
+        open_database(settings),
+        open_store(settings),
+        grace=timedelta(minutes=grace_minutes),
+        dry_run=dry_run,
+    )
+    for key in garbage:
+        console.print(key, highlight=False)
+    console.print(f"{len(garbage)} unreferenced objects {'found' if dry_run else 'deleted'}")

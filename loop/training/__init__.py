@@ -1,0 +1,1 @@
+"""Training jobs: pool selection, leases, the launcher, orchestration, publishing, the gate."""

@@ -1,0 +1,176 @@
+"""Publishing a trained checkpoint: staged upload, verification, final prefix, then the row.
+
+Invariant 4 (docs/design.md): a checkpoint row is `ready` only when every file is in the store under
+its final prefix, byte for byte (sizes and SHA-256 checked), and the checkpoint loads. Steps:
+
+1. upload every file under `checkpoints/.staging/<version>-<nonce>/`;
+2. verify the staged copy: the listing is exactly the files, sizes and checksums match, and the
+   checkpoint, downloaded back from the store, loads (`verify`);
+3. write the files under `checkpoints/<version>/` (stale keys of an earlier failed try removed),
+   then `checkpoint_manifest.json` (paths, sizes, SHA-256) last, and check the listing and sizes;
+4. one transaction: the `checkpoint` row (status `ready`) and the job's reference to it.
+
+A failure at any step raises before step 4: objects may be left behind (garbage, never
+referenced), a row never points at missing or partial objects. Publishing the same version again
+after it succeeded returns the existing row: a retry publishes once.
+"""
+
+import contextlib
+import hashlib
+import json
+import tempfile
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from policies.checkpoints import fetch_checkpoint
+from store.keys import CHECKPOINT_PREFIX, STAGING_PREFIX
+from store.models import Checkpoint, CheckpointStatus, TrainJob
+from store.objects import ObjectStore
+
+MANIFEST_NAME = "checkpoint_manifest.json"
+
+
+class PublishError(RuntimeError):
+    """The uploaded checkpoint does not match the local one, or does not load."""
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One file of a checkpoint folder."""
+
+    path: str  # relative, '/'-separated
+    size: int  # bytes
+    sha256: str
+
+
+def folder_files(folder: Path) -> list[FileEntry]:
+    """Every file under `folder` (sorted by path) with its size and SHA-256."""
+    if not folder.is_dir():
+        raise ValueError(f"folder={str(folder)!r}: no such folder")
+    entries = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        relative = path.relative_to(folder).as_posix()
+        if relative == MANIFEST_NAME:
+            raise ValueError(f"{folder} already holds a {MANIFEST_NAME}: publish the bare folder")
+        entries.append(FileEntry(relative, len(data), hashlib.sha256(data).hexdigest()))
+    if not entries:
+        raise ValueError(f"folder={str(folder)!r} is empty: nothing to publish")
+    return entries
+
+
+def content_version(prefix: str, files: list[FileEntry]) -> str:
+    """A version name from a prefix and the files' content: same files, same version."""
+    digest = hashlib.sha256(json.dumps([asdict(f) for f in files]).encode()).hexdigest()
+    return f"{prefix}-{digest[:12]}"
+
+
+def _check_uploaded(store: ObjectStore, prefix: str, files: list[FileEntry], *, content: bool):
+    """PublishError unless the keys under `prefix` are exactly `files` with their sizes (and, if
+    `content`, their SHA-256)."""
+    expected = {f"{prefix}/{f.path}": f for f in files}
+    listed = set(store.list(prefix + "/"))
+    if listed != set(expected):
+        missing, extra = sorted(set(expected) - listed), sorted(listed - set(expected))
+        raise PublishError(f"{prefix}: missing {missing[:5]}, unexpected {extra[:5]}")
+    for key, entry in expected.items():
+        size = store.stat(key).size
+        if size != entry.size:
+            raise PublishError(f"{key}: {size} bytes in the store, {entry.size} written")
+        if content and hashlib.sha256(store.get(key)).hexdigest() != entry.sha256:
+            raise PublishError(f"{key}: checksum differs from the file written")
+
+
+def _delete_prefix(store: ObjectStore, prefix: str) -> None:
+    for key in list(store.list(prefix + "/")):
+        store.delete(key)
+
+
+def publish_checkpoint(
+    *,
+    factory: sessionmaker[Session],
+    store: ObjectStore,
+    folder: Path,
+    version: str,
+    parent_id: int | None,
+    kind: str,
+    data_filter: dict[str, Any],
+    sample_count: int,
+    train_metrics: dict[str, Any],
+    verify: Callable[[Path], None],
+    job_id: int | None = None,
+) -> int:
+    """Upload, verify and record the checkpoint in `folder` as `version` (status `ready`);
+    returns the row id. `verify(local_folder)` raises if the downloaded copy does not load."""
+    if kind not in ("full", "lora"):
+        raise ValueError(f"kind={kind!r}: full or lora")
+    with factory() as session:
+        existing = session.scalar(select(Checkpoint).where(Checkpoint.version == version))
+        if existing is not None:
+            return _link_existing(factory, existing, job_id)
+    files = folder_files(folder)
+    staging = f"{STAGING_PREFIX}/{version}-{uuid.uuid4().hex[:8]}"
+    final = f"{CHECKPOINT_PREFIX}/{version}"
+    try:
+        # 1. staged upload
+        for entry in files:
+            store.put(f"{staging}/{entry.path}", (folder / entry.path).read_bytes())
+        # 2. verify what the store holds: bytes, then that it loads
+        _check_uploaded(store, staging, files, content=True)
+        with tempfile.TemporaryDirectory(prefix="editloop-verify-") as scratch:
+            try:
+                verify(fetch_checkpoint(store, staging, Path(scratch)))
+            except Exception as exc:  # any load failure means: do not publish
+                raise PublishError(f"checkpoint {version} does not load: {exc}") from exc
+        # 3. final prefix (what a previous failed try left there is replaced)
+        for key in store.list(final + "/"):
+            if key.removeprefix(final + "/") not in {f.path for f in files}:
+                store.delete(key)
+        for entry in files:
+            store.put(f"{final}/{entry.path}", (folder / entry.path).read_bytes())
+        _check_uploaded(store, final, files, content=False)
+        manifest = json.dumps({"version": version, "files": [asdict(f) for f in files]}, indent=1)
+        store.put(f"{final}/{MANIFEST_NAME}", manifest.encode(), "application/json")
+    finally:
+        # The store may be down: what staging keeps is garbage, never state.
+        with contextlib.suppress(Exception):
+            _delete_prefix(store, staging)
+    # 4. the row, and the job's reference to it, in one transaction
+    try:
+        with factory() as session, session.begin():
+            checkpoint = Checkpoint(
+                version=version,
+                parent_id=parent_id,
+                kind=kind,
+                object_prefix=final,
+                status=CheckpointStatus.READY,
+                data_filter=data_filter,
+                sample_count=sample_count,
+                train_metrics=train_metrics,
+            )
+            session.add(checkpoint)
+            session.flush()
+            if job_id is not None:
+                session.get_one(TrainJob, job_id).checkpoint_id = checkpoint.id
+            return checkpoint.id
+    except IntegrityError:
+        # Another process published the same version meanwhile (same content, same prefix).
+        with factory() as session:
+            existing = session.scalars(select(Checkpoint).where(Checkpoint.version == version))
+            return _link_existing(factory, existing.one(), job_id)
+
+
+def _link_existing(factory: sessionmaker[Session], checkpoint: Checkpoint, job_id: int | None):
+    if checkpoint.status == CheckpointStatus.TRAINING:
+        raise PublishError(f"checkpoint {checkpoint.version} exists with status training")
+    if job_id is not None:
+        with factory() as session, session.begin():
+            session.get_one(TrainJob, job_id).checkpoint_id = checkpoint.id
+    return checkpoint.id

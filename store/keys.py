@@ -1,0 +1,15 @@
+"""The object store's key layout: one prefix per kind of object, in one place.
+
+    sources/<sha256>.png                 task source images (ingest)
+    edits/<sha256>.png                   edited images (edit workers)
+    checkpoints/<version>/...            published checkpoints
+    checkpoints/.staging/<version>-<nonce>/...   uploads being verified (never referenced)
+
+Images are content-addressed, so writing one twice is harmless; `editloop gc` deletes what no row
+references, under these prefixes only.
+"""
+
+SOURCE_PREFIX = "sources"
+EDIT_PREFIX = "edits"
+CHECKPOINT_PREFIX = "checkpoints"
+STAGING_PREFIX = f"{CHECKPOINT_PREFIX}/.staging"
