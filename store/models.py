@@ -205,6 +205,10 @@ class Judgment(Base):
     verdict: Mapped[Verdict] = mapped_column(_enum(Verdict))
     reason: Mapped[str | None] = mapped_column(Text)
     revised_instruction: Mapped[str | None] = mapped_column(String(2000))
+    # The reflector's own answer, kept whatever the verdict (its tag, and the instruction it
+    # proposed even when no retry was left): what reflection datasets are made of.
+    reflector_tag: Mapped[str | None] = mapped_column(String(24))
+    proposed_instruction: Mapped[str | None] = mapped_column(String(2000))
     target_description: Mapped[str | None] = mapped_column(Text)
     think: Mapped[str | None] = mapped_column(Text)
     judge_model: Mapped[str] = mapped_column(String(256))
@@ -213,6 +217,12 @@ class Judgment(Base):
     raw_reflector_output: Mapped[str | None] = mapped_column(Text)
     latency_s: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # A reviewer's verdict, stored beside the judge's (never over it); when set it wins for
+    # training pools and exports, and counts as a disagreement with the judge.
+    override_verdict: Mapped[Verdict | None] = mapped_column(_enum(Verdict))
+    override_reviewer: Mapped[str | None] = mapped_column(String(128))
+    override_reason: Mapped[str | None] = mapped_column(Text)
+    override_at: Mapped[datetime | None]
 
 
 class Checkpoint(Base):
@@ -233,6 +243,10 @@ class Checkpoint(Base):
     train_metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     eval_metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Who moved it to promoted or rejected ("gate", or a reviewer's name), why and when.
+    decided_by: Mapped[str | None] = mapped_column(String(128))
+    decision_reason: Mapped[str | None] = mapped_column(Text)
+    decided_at: Mapped[datetime | None]
 
 
 class TrainJob(Base):
@@ -259,15 +273,33 @@ class TrainJob(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
+class TaskSource(Base):
+    """A dataset a task came from, with its licence as the user gave it (an SPDX id, or "")."""
+
+    __tablename__ = "task_source"
+    __table_args__ = (UniqueConstraint("task_id", "dataset"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("task.id", ondelete="CASCADE"), index=True)
+    dataset: Mapped[str] = mapped_column(String(256))
+    licence: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Export(Base):
-    """A curated dataset written to the object store."""
+    """A curated dataset written to the object store or a folder."""
 
     __tablename__ = "export"
 
     id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(24), default="edits", server_default="edits")
+    # staging while it is written; finished once its manifest is written and verified.
+    status: Mapped[str] = mapped_column(String(24), default="staging", server_default="finished")
     data_filter: Mapped[dict[str, Any]] = mapped_column(default=dict)
     format: Mapped[str] = mapped_column(String(32))
     object_key: Mapped[str] = mapped_column(String(256))
     row_count: Mapped[int] = mapped_column(Integer)
-    checksum: Mapped[str] = mapped_column(String(64))
+    checksum: Mapped[str] = mapped_column(String(64))  # SHA-256 of the manifest
+    counts: Mapped[dict[str, Any] | None] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]

@@ -202,6 +202,8 @@ def judge_attempts(context: WorkerContext, attempt_ids: list[int]) -> list[int]:
                 "verdict": decision.verdict,
                 "reason": db_text(f"{decision.reason.value}: {decision.detail}"),
                 "revised_instruction": db_text(decision.new_instruction),
+                "reflector_tag": reflection.tag.value if reflection is not None else None,
+                "proposed_instruction": db_text(reflection and reflection.new_instruction),
                 "target_description": db_text(reflection and reflection.target_description),
                 "think": db_text(reflection and reflection.think),
                 "judge_model": score.model,

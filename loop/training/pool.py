@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from policies.training.data import Example
@@ -37,7 +37,7 @@ class PoolRecord:
     instruction: str  # the instruction this attempt was edited with
     input_key: str  # the image this attempt edited
     output_key: str | None
-    verdict: str | None
+    verdict: str | None  # the effective verdict: a reviewer's override, else the judge's
     checkpoint_id: int | None  # the checkpoint that produced it (None: base)
     task_source_key: str
     task_instruction: str
@@ -170,6 +170,11 @@ def select_examples(records: Iterable[PoolRecord], pool_filter: PoolFilter) -> l
     return chosen
 
 
+def effective_verdict() -> Any:
+    """The verdict that counts, as SQL: a reviewer's override wins over the judge's verdict."""
+    return func.coalesce(Judgment.override_verdict, Judgment.verdict)
+
+
 def load_pool_records(session: Session, pool_filter: PoolFilter) -> list[PoolRecord]:
     """The judged attempts the filter can accept (run and round bounds applied in SQL)."""
     query = (
@@ -185,7 +190,7 @@ def load_pool_records(session: Session, pool_filter: PoolFilter) -> list[PoolRec
         .order_by(Attempt.id)
     )
     if not pool_filter.unfiltered:
-        query = query.where(Judgment.verdict == Verdict.SUCCESS)
+        query = query.where(effective_verdict() == Verdict.SUCCESS)
     if pool_filter.run_id is not None:
         query = query.where(Round.run_id == pool_filter.run_id)
     if pool_filter.up_to_round is not None:
@@ -200,7 +205,7 @@ def load_pool_records(session: Session, pool_filter: PoolFilter) -> list[PoolRec
             instruction=attempt.instruction,
             input_key=attempt.input_key,
             output_key=attempt.output_key,
-            verdict=judgment.verdict.value,
+            verdict=(judgment.override_verdict or judgment.verdict).value,
             checkpoint_id=attempt.checkpoint_id,
             task_source_key=task.source_key,
             task_instruction=task.instruction,

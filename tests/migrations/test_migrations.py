@@ -9,7 +9,10 @@ from migrations import alembic_config, downgrade, upgrade
 from store.db import make_engine, make_session_factory
 from store.models import Attempt, Base, Round, Run, Task
 
-TABLES = {"task", "run", "round", "attempt", "judgment", "checkpoint", "train_job", "export"}
+TABLES = {
+    "task", "task_source", "run", "round", "attempt", "judgment", "checkpoint", "train_job",
+    "export",
+}  # fmt: skip
 
 
 def table_names(url: str) -> set[str]:

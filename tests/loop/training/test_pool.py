@@ -4,11 +4,21 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
-from loop.training.pool import PoolFilter, PoolRecord, count_by_kind, pool_examples, select_examples
+from loop.training.pool import (
+    PoolFilter,
+    PoolRecord,
+    count_by_kind,
+    load_pool_records,
+    pool_examples,
+    select_examples,
+)
 from migrations import upgrade
 from store.db import make_engine, make_session_factory
+from store.models import Attempt, Judgment
 from store.objects import LocalStore
+from store.taxonomy import Verdict
 from tests.fixtures.training import seed_pool
 
 # A compound task "make the red square blue and remove the green circle" (task 1, source s1):
@@ -156,3 +166,25 @@ def test_examples_read_from_the_database(tmp_path: Path) -> None:
     # ... and unfiltered, the 3 half-done parents (Reflection) as well.
     assert len(unfiltered) == 5 + 3
     assert {e.attempt_id for e in unfiltered} > set(seeded.accepted_attempt_ids)
+
+
+def test_a_reviewer_override_wins_over_the_judge(db_url: str, tmp_path: Path) -> None:
+    upgrade(db_url)
+    factory = make_session_factory(make_engine(db_url))
+    seeded = seed_pool(factory, LocalStore(tmp_path / "objects"), single=2, compound=1, heldout=1)
+    rejected, kept = seeded.accepted_attempt_ids[0], seeded.accepted_attempt_ids[1]
+    with factory() as session, session.begin():
+        judgments = {
+            j.attempt_id: j
+            for j in session.scalars(select(Judgment).join(Attempt).where(Attempt.depth == 0))
+        }
+        # A judge's Success overruled to Failed, and a judge's Reflection (the compound task's
+        # half-done parent) overruled to Success.
+        judgments[rejected].override_verdict = Verdict.FAILED
+        parent = next(a for a, j in judgments.items() if j.verdict == Verdict.REFLECTION)
+        judgments[parent].override_verdict = Verdict.SUCCESS
+    with factory() as session:
+        chosen = {e.attempt_id for e in pool_examples(session, PoolFilter(hindsight=False))}
+        records = {r.attempt_id: r.verdict for r in load_pool_records(session, PoolFilter())}
+    assert rejected not in chosen and kept in chosen and parent in chosen
+    assert records[parent] == "Success" and rejected not in records
