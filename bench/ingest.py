@@ -23,7 +23,8 @@ from moto.server import ThreadedMotoServer
 from PIL import Image
 from sqlalchemy import insert
 
-from loop.ingest import ingest_rows, read_rows
+from loop.ingest import ingest_rows
+from loop.sources import read_rows
 from migrations import upgrade
 from store.db import make_engine, make_session_factory
 from store.images import ImageLimits

@@ -29,7 +29,8 @@ from celery.contrib.testing.worker import start_worker
 from PIL import Image
 
 from loop.controller import RunConfig, run_loop
-from loop.ingest import ingest_rows, read_rows
+from loop.ingest import ingest_rows
+from loop.sources import read_rows
 from migrations import upgrade
 from policies.types import EditRequest, EditResult
 from rewards.types import JudgeItem, ParseStatus, Scores

@@ -1,13 +1,18 @@
-"""Ingest edit tasks (source image, instruction, edit type) from JSONL, Parquet or datasets.
+"""Ingest edit tasks (source image, instruction, edit type) read by `loop.sources`.
 
 Every image passes the image gate (`store.images.decode_image`); a bad row is reported with its
-line number and reason and leaves nothing behind; re-ingesting the same input adds nothing.
+line number and reason and leaves nothing behind, and the rest of the ingest goes on;
+re-ingesting the same input adds nothing. Image paths stay inside the dataset's folder (or the
+folders the user allowed), only regular files are read, and their size is checked before reading.
+Every task records the datasets it arrived from, with the licence the user gave (`task_source`).
 """
 
 import hashlib
 import json
+import os
+import stat
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,10 +20,11 @@ from typing import Any
 from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session, sessionmaker
 
+from loop.sources import Columns, RawRow
 from store.db import insert_ignore, with_db_retry
 from store.images import ImageError, ImageLimits, canonical_png
 from store.keys import SOURCE_PREFIX
-from store.models import Task
+from store.models import Task, TaskSource
 from store.objects import ObjectStore, content_key, put_content
 from store.taxonomy import parse_edit_type
 
@@ -26,29 +32,15 @@ MAX_INSTRUCTION_CHARS = 2000
 
 
 @dataclass(frozen=True)
-class Columns:
-    """Which fields of a row hold the image, the instruction and the edit type."""
-
-    image: str = "image"
-    instruction: str = "instruction"
-    edit_type: str = "edit_type"
-
-
-@dataclass(frozen=True)
-class RawRow:
-    """One row as read from the input, before any check; `problem` is set when it is unreadable."""
-
-    line: int
-    record: dict[str, Any]
-    base_dir: Path | None = None
-    problem: str | None = None
-
-
-@dataclass(frozen=True)
 class RowProblem:
     line: int
     reason: str
     detail: str
+    turn: int | None = None
+
+    @property
+    def where(self) -> str:
+        return f"line {self.line}" + (f" (turn {self.turn})" if self.turn else "")
 
 
 class RowError(ValueError):
@@ -79,6 +71,7 @@ class PreparedTask:
 class IngestReport:
     ingested: int = 0
     duplicate: int = 0
+    sources_added: int = 0  # known tasks that now also record this dataset
     problems: list[RowProblem] = field(default_factory=list)
 
     @property
@@ -86,88 +79,24 @@ class IngestReport:
         return Counter(problem.reason for problem in self.problems)
 
 
-def read_rows(path: Path) -> tuple[Iterator[RawRow], int | None]:
-    """The rows of a JSONL file, a folder with `instructions.jsonl`, Parquet, or a datasets folder.
+def prepare_row(
+    raw: RawRow,
+    *,
+    columns: Columns,
+    limits: ImageLimits,
+    allowed_roots: tuple[Path, ...] = (),
+) -> PreparedTask:
+    """Check one row and normalise its image; raises `RowError` and writes nothing.
 
-    Returns the rows and their count when it is known up front (for the progress bar).
-    """
-    path = Path(path)
-    if path.is_dir():
-        if (path / "instructions.jsonl").is_file():
-            return read_rows(path / "instructions.jsonl")
-        if (path / "dataset_info.json").is_file() or (path / "state.json").is_file():
-            return _read_dataset_folder(path)
-        raise ValueError(
-            f"{path} is a folder without instructions.jsonl and is not a saved datasets folder"
-        )
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file or folder")
-    if path.suffix == ".jsonl":
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-        return _read_jsonl_lines(lines, path.parent), sum(1 for line in lines if line.strip())
-    if path.suffix == ".parquet":
-        return _read_parquet(path)
-    raise ValueError(f"{path}: expected .jsonl, .parquet, or a folder")
-
-
-def _read_jsonl_lines(lines: list[str], base_dir: Path) -> Iterator[RawRow]:
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            yield RawRow(number, {}, base_dir, problem=f"malformed JSON ({exc.msg})")
-            continue
-        if not isinstance(record, dict):
-            yield RawRow(number, {}, base_dir, problem="malformed JSON (a row must be an object)")
-            continue
-        yield RawRow(number, record, base_dir)
-
-
-def _read_parquet(path: Path) -> tuple[Iterator[RawRow], int]:
-    import pyarrow.parquet as pq
-
-    parquet = pq.ParquetFile(path)
-
-    def rows() -> Iterator[RawRow]:
-        number = 0
-        for batch in parquet.iter_batches(batch_size=64):
-            for record in batch.to_pylist():
-                number += 1
-                yield RawRow(number, record, path.parent)
-
-    return rows(), parquet.metadata.num_rows
-
-
-def _read_dataset_folder(path: Path) -> tuple[Iterator[RawRow], int]:
-    from datasets import Image as ImageFeature
-    from datasets import load_from_disk
-
-    dataset = load_from_disk(str(path))
-    if not hasattr(dataset, "features"):  # a DatasetDict: the user must pick a split
-        splits = ", ".join(dataset)
-        raise ValueError(f"{path} holds several splits ({splits}); give one split's folder")
-    # Undecoded images come back as {"bytes", "path"} so that our own gate decodes them.
-    for name, feature in dataset.features.items():
-        if isinstance(feature, ImageFeature):
-            dataset = dataset.cast_column(name, ImageFeature(decode=False))
-
-    def rows() -> Iterator[RawRow]:
-        for number, record in enumerate(dataset, start=1):
-            yield RawRow(number, dict(record), path)
-
-    return rows(), len(dataset)
-
-
-def prepare_row(raw: RawRow, *, columns: Columns, limits: ImageLimits, origin: str) -> PreparedTask:
-    """Check one row and normalise its image; raises `RowError` and writes nothing."""
+    Relative image paths are read from the row's `base_dir`; a path that resolves outside it and
+    outside every folder of `allowed_roots` is refused."""
     if raw.problem:
         raise RowError("malformed_row", raw.problem)
     record = raw.record
     instruction = record.get(columns.instruction)
     if not isinstance(instruction, str) or not instruction.strip():
         raise RowError("empty_instruction", f"field {columns.instruction!r} is missing or empty")
+    check_text(instruction, columns.instruction)
     instruction = " ".join(instruction.split())
     if len(instruction) > MAX_INSTRUCTION_CHARS:
         detail = f"{len(instruction)} > {MAX_INSTRUCTION_CHARS} characters"
@@ -175,18 +104,22 @@ def prepare_row(raw: RawRow, *, columns: Columns, limits: ImageLimits, origin: s
     raw_type = record.get(columns.edit_type) or "other"
     if not isinstance(raw_type, str):
         raise RowError("unknown_edit_type", f"{raw_type!r} is not a string")
+    check_text(raw_type, columns.edit_type)
     try:
         edit_type = parse_edit_type(raw_type)
     except ValueError as exc:
         raise RowError("unknown_edit_type", str(exc)) from None
-    data = _image_bytes(record.get(columns.image), raw.base_dir, columns.image)
+    known = {columns.image, columns.instruction, columns.edit_type}
+    meta = {key: _jsonable(value) for key, value in record.items() if key not in known}
+    check_text(meta, "metadata")
+    roots = (raw.base_dir, *allowed_roots) if raw.base_dir is not None else allowed_roots
+    data, name = _image_bytes(record.get(columns.image), raw.base_dir, roots, columns, limits)
     try:
         image, png = canonical_png(data, limits)
     except ImageError as exc:
-        raise RowError(f"image_{exc.reason}", exc.detail) from None
-
-    known = {columns.image, columns.instruction, columns.edit_type}
-    meta = {key: _jsonable(value) for key, value in record.items() if key not in known}
+        raise RowError(f"image_{exc.reason}", f"{name}: {exc.detail}") from None
+    if raw.turn is not None:
+        meta["turn"] = raw.turn
     return PreparedTask(
         line=raw.line,
         png=png,
@@ -200,22 +133,78 @@ def prepare_row(raw: RawRow, *, columns: Columns, limits: ImageLimits, origin: s
     )
 
 
-def _image_bytes(value: Any, base_dir: Path | None, column: str) -> bytes:
+def check_text(value: Any, name: str) -> None:
+    """RowError for text no database stores alike: a NUL character or a lone surrogate (in a
+    string, or in any string inside lists and objects)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            check_text(key, name)
+            check_text(item, f"{name}.{key}")
+    elif isinstance(value, list):
+        for item in value:
+            check_text(item, name)
+    elif isinstance(value, str):
+        if "\x00" in value:
+            raise RowError("invalid_text", f"field {name!r} holds a NUL character")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise RowError("invalid_text", f"field {name!r} is not valid Unicode") from None
+
+
+def _image_bytes(
+    value: Any,
+    base_dir: Path | None,
+    allowed_roots: tuple[Path, ...],
+    columns: Columns,
+    limits: ImageLimits,
+) -> tuple[bytes, str]:
+    """The image's bytes and a name for messages (its path, or the column)."""
     if isinstance(value, dict):  # datasets' Image feature, undecoded: {"bytes": ..., "path": ...}
         value = value.get("bytes") or value.get("path")
     if isinstance(value, bytes | bytearray):
-        return bytes(value)
+        if len(value) > limits.max_bytes:
+            detail = f"{len(value)} bytes > {limits.max_bytes} (store.max_image_mb)"
+            raise RowError("image_too_large", f"field {columns.image!r}: {detail}")
+        return bytes(value), f"field {columns.image!r}"
     if not isinstance(value, str) or not value.strip():
-        raise RowError("missing_image", f"field {column!r} is missing or empty")
-    path = Path(value)
+        raise RowError("missing_image", f"field {columns.image!r} is missing or empty")
+    check_text(value, columns.image)
+    return read_image_file(Path(value), base_dir, allowed_roots, limits), value
+
+
+def read_image_file(
+    path: Path, base_dir: Path | None, allowed_roots: tuple[Path, ...], limits: ImageLimits
+) -> bytes:
+    """Read an image file: inside an allowed folder, a regular file, at most `max_bytes`."""
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
+    # Resolved (links followed) before the check: `../` and links cannot leave the folder.
+    resolved = path.resolve()
+    if not any(resolved.is_relative_to(root.resolve()) for root in allowed_roots):
+        inside = allowed_roots[0] if allowed_roots else "the dataset's folder"
+        raise RowError(
+            "path_outside", f"{path} is outside {inside} (allow it with --allow-outside FOLDER)"
+        )
     try:
-        return path.read_bytes()
+        info = os.stat(resolved)
     except FileNotFoundError:
         raise RowError("missing_file", f"{path} does not exist") from None
     except OSError as exc:
         raise RowError("missing_file", f"{path}: {exc.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):  # a FIFO would block, /dev/zero would never end
+        raise RowError("not_a_file", f"{path} is not a regular file")
+    if info.st_size > limits.max_bytes:
+        detail = f"{path}: {info.st_size} bytes > {limits.max_bytes} (store.max_image_mb)"
+        raise RowError("image_too_large", detail)
+    try:
+        with resolved.open("rb") as file:
+            data = file.read(limits.max_bytes + 1)
+    except OSError as exc:
+        raise RowError("missing_file", f"{path}: {exc.strerror}") from None
+    if len(data) > limits.max_bytes:  # it grew since the check
+        raise RowError("image_too_large", f"{path}: more than {limits.max_bytes} bytes")
+    return data
 
 
 def _jsonable(value: Any) -> Any:
@@ -233,25 +222,30 @@ def ingest_rows(
     store: ObjectStore,
     limits: ImageLimits,
     origin: str,
+    licence: str = "",
     columns: Columns = Columns(),
+    allowed_roots: tuple[Path, ...] = (),
     chunk_size: int = 64,
     on_row: Callable[[], None] = lambda: None,
     retries: int = 5,
 ) -> IngestReport:
-    """Check, store and record every row; objects are written before the rows that point at them."""
+    """Check, store and record every row as a task of dataset `origin` (licence `licence`, an
+    SPDX id or ""); objects are written before the rows that point at them."""
     report = IngestReport()
     chunk: list[PreparedTask] = []
     for raw in rows:
         try:
-            chunk.append(prepare_row(raw, columns=columns, limits=limits, origin=origin))
+            prepared = prepare_row(raw, columns=columns, limits=limits, allowed_roots=allowed_roots)
         except RowError as exc:
-            report.problems.append(RowProblem(raw.line, exc.reason, exc.detail))
+            report.problems.append(RowProblem(raw.line, exc.reason, exc.detail, raw.turn))
+        else:
+            chunk.append(prepared)
         if len(chunk) >= chunk_size:
-            _write_chunk(chunk, session_factory, store, origin, report, retries)
+            _write_chunk(chunk, session_factory, store, origin, licence, report, retries)
             chunk = []
         on_row()
     if chunk:
-        _write_chunk(chunk, session_factory, store, origin, report, retries)
+        _write_chunk(chunk, session_factory, store, origin, licence, report, retries)
     return report
 
 
@@ -260,6 +254,7 @@ def _write_chunk(
     session_factory: sessionmaker[Session],
     store: ObjectStore,
     origin: str,
+    licence: str,
     report: IngestReport,
     retries: int,
 ) -> None:
@@ -278,18 +273,14 @@ def _write_chunk(
     fresh: dict[tuple[str, str], PreparedTask] = {}
     for task in chunk:
         pair = (task.source_key, task.instruction_sha256)
-        if pair in known or pair in fresh:
-            report.duplicate += 1
-        else:
+        if pair not in known and pair not in fresh:
             fresh[pair] = task
-    if not fresh:
-        return
     for task in fresh.values():  # object first, row second
         put_content(store, task.png, prefix=SOURCE_PREFIX, ext="png", content_type="image/png")
 
-    def insert() -> int:
+    def insert() -> tuple[int, int]:
         with session_factory() as session, session.begin():
-            return insert_ignore(
+            inserted = insert_ignore(
                 session,
                 Task,
                 [
@@ -307,8 +298,20 @@ def _write_chunk(
                 ],
                 conflict_columns=["source_key", "instruction_sha256"],
             )
+            # Every task of the chunk, new or known, records this dataset once.
+            ids = session.scalars(
+                select(Task.id).where(tuple_(Task.source_key, Task.instruction_sha256).in_(pairs))
+            ).all()
+            sources = insert_ignore(
+                session,
+                TaskSource,
+                [{"task_id": i, "dataset": origin, "licence": licence} for i in ids],
+                conflict_columns=["task_id", "dataset"],
+            )
+            return inserted, sources
 
-    inserted = with_db_retry(insert, retries=retries, what="the task insert")
+    inserted, sources = with_db_retry(insert, retries=retries, what="the task insert")
     report.ingested += inserted
-    # Rows another ingest inserted between our check and our insert are duplicates too.
-    report.duplicate += len(fresh) - inserted
+    # Rows of this chunk that were known, repeated, or inserted meanwhile by another ingest.
+    report.duplicate += len(chunk) - inserted
+    report.sources_added += sources - inserted

@@ -1,10 +1,12 @@
 """Decoding, verifying and normalising images: the one gate every image passes through."""
 
 import io
+import re
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps
 
+_BUFFER_REPR = re.compile(r"<_io\.BytesIO object at 0x[0-9a-f]+>")
 # Pillow's own bomb guard is a warning below 2x its limit; ours is explicit and configurable.
 Image.MAX_IMAGE_PIXELS = None
 
@@ -20,10 +22,12 @@ class ImageError(ValueError):
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """Size limits applied to every image: longest side in pixels and total megapixels."""
+    """Size limits applied to every image: longest side in pixels, total megapixels, and the
+    file's size in bytes (checked before it is read)."""
 
     max_side: int = 4096
     max_megapixels: float = 40.0
+    max_bytes: int = 128 * 2**20
 
 
 def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
@@ -38,7 +42,8 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Imag
             width, height = probe.size
             probe.verify()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        detail = str(exc) or type(exc).__name__
+        # Pillow names the buffer it was given (`<_io.BytesIO object at 0x...>`): useless here.
+        detail = _BUFFER_REPR.sub("", str(exc)).strip() or type(exc).__name__
         reason = "truncated" if "truncat" in detail.lower() else "undecodable"
         raise ImageError(reason, detail) from None
     if width <= 0 or height <= 0:

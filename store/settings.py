@@ -25,7 +25,14 @@ class StoreSettings(BaseModel):
     backoff_s: float = Field(0.5, gt=0, description="first retry delay, s (doubles)")
     max_image_side: int = Field(4096, gt=0, description="longest accepted image side, pixels")
     max_image_megapixels: float = Field(40.0, gt=0, description="largest accepted image, MP")
+    max_image_mb: float = Field(
+        128.0, gt=0, description="largest accepted image file, MiB (checked before reading)"
+    )
 
     def image_limits(self) -> ImageLimits:
         """The image size limits as the image gate takes them."""
-        return ImageLimits(max_side=self.max_image_side, max_megapixels=self.max_image_megapixels)
+        return ImageLimits(
+            max_side=self.max_image_side,
+            max_megapixels=self.max_image_megapixels,
+            max_bytes=int(self.max_image_mb * 2**20),
+        )

@@ -47,11 +47,12 @@ from loop.benchmark.config import (
 from loop.benchmark.inputs import prepare_inputs
 from loop.checkpoints import latest_promoted
 from loop.controller import RunConfig, queue_train_job, run_loop
-from loop.ingest import Columns, ingest_rows, read_rows
+from loop.ingest import ingest_rows
 from loop.runtime import build_trainer_parts, build_worker_context, load_editor
 from loop.schema import ensure_schema
 from loop.services import open_database, open_store
 from loop.settings import Settings
+from loop.sources import Columns, read_rows
 from loop.training.jobs import run_trainer
 from policies.pixel_editor import PixelEditor
 from policies.pixel_pretrain import EvalReport, evaluate_editor

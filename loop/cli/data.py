@@ -1,6 +1,7 @@
 """Commands on the data: `config`, `db upgrade|downgrade`, `ingest`, `status`, `gc`."""
 
 import json
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -9,17 +10,20 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
-from loop.cli.errors import UserError
+from loop.cli.errors import USAGE, UserError
 from loop.gc import collect_garbage
-from loop.ingest import Columns, IngestReport, ingest_rows, read_rows
+from loop.ingest import IngestReport, ingest_rows
 from loop.schema import ensure_schema
 from loop.services import open_database, open_store
 from loop.settings import get_settings, masked_settings
+from loop.sources import LAYOUTS, Columns, read_rows
 from loop.status import StatusReport, collect_status
 from migrations import downgrade, upgrade
 
 db_app = typer.Typer(help="Manage the metadata database schema (Alembic).", no_args_is_help=True)
 console = Console()
+# An SPDX licence id or expression token: CC-BY-NC-4.0, Apache-2.0, LicenseRef-foo, GPL-2.0+.
+SPDX_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+-]*")
 
 
 def show_config() -> None:
@@ -45,17 +49,50 @@ def ingest(
     path: Path = typer.Argument(
         ...,
         help="A JSONL file (rows point to images relative to it), a folder with "
-        "instructions.jsonl, a Parquet file, or a saved Hugging Face datasets folder.",
+        "instructions.jsonl, a Parquet file, a saved Hugging Face datasets folder, ImgEdit's "
+        "benchmark JSON or SEED-Data-Edit's Parquet.",
     ),
-    origin: str = typer.Option("", help="Name of the source dataset (default: the path's name)."),
+    origin: str = typer.Option(
+        "",
+        "--dataset",
+        "--origin",
+        help="Name of the source dataset (default: the path's name); `heldout` marks the gate's "
+        "held-out tasks.",
+    ),
+    licence: str = typer.Option(
+        "",
+        "--licence",
+        "--license",
+        help="The dataset's licence as an SPDX id (e.g. CC-BY-NC-4.0), recorded on every task; "
+        "never guessed.",
+    ),
+    layout: str = typer.Option(
+        "auto", help=f"Input layout: {', '.join(LAYOUTS)} (auto: by the file's kind and columns)."
+    ),
+    image_root: Path | None = typer.Option(
+        None, help="Folder relative image paths are read from (default: the file's folder)."
+    ),
+    allow_outside: list[Path] = typer.Option(
+        [],
+        "--allow-outside",
+        help="Also read images from this folder (repeatable); paths outside the dataset's folder "
+        "are refused otherwise.",
+    ),
     image_column: str = typer.Option("image", help="Field holding the image path or bytes."),
     instruction_column: str = typer.Option("instruction", help="Field holding the instruction."),
     type_column: str = typer.Option("edit_type", help="Field holding the ImgEdit edit type."),
 ) -> None:
     """Load edit tasks; bad rows are reported and skipped, re-ingesting adds nothing."""
+    if licence and not SPDX_ID.fullmatch(licence):
+        raise UserError(
+            f"--licence {licence!r} is not an SPDX licence id (letters, digits, '.', '-', '+'), "
+            "e.g. CC-BY-4.0",
+            code=USAGE,
+        )
     settings = get_settings()
+    columns = Columns(image_column, instruction_column, type_column)
     try:
-        rows, total = read_rows(path)
+        rows, total = read_rows(path, columns=columns, layout=layout, image_root=image_root)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     ensure_schema(settings)
@@ -68,17 +105,24 @@ def ingest(
             store=store,
             limits=settings.store.image_limits(),
             origin=origin or path.name,
-            columns=Columns(image_column, instruction_column, type_column),
+            licence=licence,
+            columns=columns,
+            allowed_roots=tuple(allow_outside),
             on_row=bar.update,
             retries=settings.store.retries,
         )
     _print_ingest_report(report)
+    if report.problems and not (report.ingested or report.duplicate):
+        raise UserError(
+            f"every row was rejected ({len(report.problems)}): nothing was ingested; see the "
+            "reasons above"
+        )
 
 
 def _print_ingest_report(report: IngestReport) -> None:
     for problem in report.problems[:50]:
         console.print(
-            f"line {problem.line}: {problem.reason}: {problem.detail}",
+            f"{problem.where}: {problem.reason}: {problem.detail}",
             highlight=False,
             soft_wrap=True,
         )
@@ -89,6 +133,8 @@ def _print_ingest_report(report: IngestReport) -> None:
     table.add_column("rows", justify="right")
     table.add_row("ingested", str(report.ingested))
     table.add_row("duplicate", str(report.duplicate))
+    if report.sources_added:
+        table.add_row("known, now also from this dataset", str(report.sources_added))
     for reason, n in sorted(report.rejected.items()):
         table.add_row(f"rejected: {reason}", str(n))
     console.print(table)

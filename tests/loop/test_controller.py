@@ -15,7 +15,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from loop.controller import RunConfig, run_loop
 from loop.gc import referenced_keys
-from loop.ingest import ingest_rows, read_rows
+from loop.ingest import ingest_rows
+from loop.sources import read_rows
 from migrations import upgrade
 from store.db import make_engine, make_session_factory
 from store.images import ImageLimits

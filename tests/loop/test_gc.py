@@ -6,7 +6,8 @@ from datetime import timedelta
 from pathlib import Path
 
 from loop.gc import collect_garbage
-from loop.ingest import ingest_rows, read_rows
+from loop.ingest import ingest_rows
+from loop.sources import read_rows
 from loop.training.publish import publish_checkpoint
 from migrations import upgrade
 from policies.checkpoints import fetch_checkpoint
