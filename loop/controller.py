@@ -20,7 +20,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from loop.checkpoints import latest_promoted
-from loop.metrics import AttemptRecord, round_metrics
+from loop.metrics import round_metrics, round_records
 from store.db import insert_ignore, with_db_retry
 from store.models import (
     Attempt,
@@ -61,6 +61,10 @@ class RunConfig:
 class Dispatcher(Protocol):
     """Sends batches of attempt ids to the workers (Celery in every mode)."""
 
+    # True when the work runs inside this process (Celery's eager mode): then nothing outside
+    # the controller can be holding an attempt it finds dispatched.
+    in_process: bool
+
     def send_edit(self, attempt_ids: Sequence[int]) -> None: ...
 
     def send_judge(self, attempt_ids: Sequence[int]) -> None: ...
@@ -70,6 +74,10 @@ def attempt_seed(run_seed: int, round_number: int, task_id: int, sample: int, de
     """A stable 31-bit seed per attempt key, so that a re-run edits with the same noise."""
     key = f"{run_seed}:{round_number}:{task_id}:{sample}:{depth}".encode()
     return int.from_bytes(hashlib.sha256(key).digest()[:4], "big") & 0x7FFFFFFF
+
+
+class RunStopped(Exception):
+    """The run was stopped (by an admin) between two passes; resuming it goes on from there."""
 
 
 def start_or_resume_run(factory: sessionmaker[Session], config: RunConfig) -> int:
@@ -94,10 +102,16 @@ def run_loop(
     on_round: Callable[[int, dict[str, float]], None] = lambda number, metrics: None,
     retries: int = 5,
 ) -> int:
-    """Drive every round of the run to the end; returns the run id."""
+    """Drive every round of the run to the end; returns the run id. Raises `RunStopped` when the
+    run is stopped meanwhile (its attempts stay as they are: resuming picks them up)."""
+    with factory() as session:
+        if not pick_tasks(session, config, 0):
+            raise RuntimeError("no tasks to edit: ingest some with `editloop ingest PATH` first")
     run_id = start_or_resume_run(factory, config)
     with factory() as session:
         stored = RunConfig(**session.get_one(Run, run_id).config)
+    if dispatcher.in_process:
+        _release_in_process_attempts(factory, run_id)
     for number in range(stored.rounds):
         round_id, finished = _open_round(factory, run_id, number, stored)
         if finished:
@@ -108,6 +122,24 @@ def run_loop(
     with factory() as session, session.begin():
         session.get_one(Run, run_id).status = RunStatus.FINISHED
     return run_id
+
+
+def _release_in_process_attempts(factory: sessionmaker[Session], run_id: int) -> None:
+    """Make the run's attempts left dispatched by an in-process controller that stopped (Ctrl-C,
+    a crash) due at once: no worker outside this process can hold them, so waiting out their
+    deadline would only idle."""
+    with factory() as session, session.begin():
+        rounds = select(Round.id).where(Round.run_id == run_id)
+        released = session.execute(
+            update(Attempt)
+            .where(
+                Attempt.round_id.in_(rounds),
+                Attempt.status.in_((AttemptStatus.DISPATCHED, AttemptStatus.EDITED)),
+            )
+            .values(dispatch_deadline=utcnow())
+        ).rowcount
+    if released:
+        log.info("re-dispatching %d attempts left in flight by the last run", released)
 
 
 def _open_round(
@@ -172,7 +204,8 @@ def drive_round(
     *,
     retries: int = 5,
 ) -> dict[str, float]:
-    """Advance the round until every attempt is terminal; store and return its metrics."""
+    """Advance the round until every attempt is terminal; store and return its metrics. Raises
+    `RunStopped` when the run was stopped meanwhile."""
     while True:
         state = with_db_retry(
             lambda: advance_round(factory, dispatcher, round_id, config),
@@ -181,9 +214,19 @@ def drive_round(
         )
         if state == "finished":
             break
+        if with_db_retry(lambda: _stopped(factory, round_id), retries=retries, what="a stop check"):
+            raise RunStopped(config.name)
         if state == "waiting":
             time.sleep(config.poll_interval_s)
     return finish_round(factory, round_id)
+
+
+def _stopped(factory: sessionmaker[Session], round_id: int) -> bool:
+    with factory() as session:
+        status = session.scalar(
+            select(Run.status).join(Round, Round.run_id == Run.id).where(Round.id == round_id)
+        )
+    return status == RunStatus.STOPPED
 
 
 def advance_round(
@@ -317,7 +360,7 @@ def _redispatch_lapsed(
             attempt.dispatch_count += 1
             attempt.dispatch_deadline = now + timedelta(seconds=config.dispatch_timeout_s)
             (to_edit if attempt.status == AttemptStatus.DISPATCHED else to_judge).append(attempt.id)
-    if lapsed:
+    if to_edit or to_judge:
         log.warning("re-dispatching %d edits and %d judgments", len(to_edit), len(to_judge))
     _send(dispatcher.send_edit, to_edit, config.batch_size)
     _send(dispatcher.send_judge, to_judge, config.batch_size)
@@ -326,13 +369,18 @@ def _redispatch_lapsed(
 
 def _send(send: Callable[[Sequence[int]], None], ids: list[int], batch_size: int) -> None:
     for start in range(0, len(ids), batch_size):
+        batch = ids[start : start + batch_size]
         try:
-            send(ids[start : start + batch_size])
-        except (KombuOperationalError, OSError):
+            send(batch)
+        except (KombuOperationalError, OSError) as exc:
             # A broker that is down must not stop the controller: the attempts keep their
             # deadline and are re-sent when it lapses. (Other errors, e.g. a model that fails to
             # load in eager mode, are the user's to see at once.)
-            log.exception("sending %d attempts failed; they will be re-sent", batch_size)
+            log.warning(
+                "the broker did not take %d attempts (%s); they are re-sent when their deadline "
+                "lapses: is the broker at EDITLOOP_WORKER__BROKER_URL running?",
+                len(batch), exc,
+            )  # fmt: skip
 
 
 def finish_round(factory: sessionmaker[Session], round_id: int) -> dict[str, float]:
@@ -341,29 +389,7 @@ def finish_round(factory: sessionmaker[Session], round_id: int) -> dict[str, flo
         round_ = session.get_one(Round, round_id)
         if round_.status == RoundStatus.FINISHED:
             return dict(round_.metrics)
-        rows = session.execute(
-            select(Attempt, Task.edit_type, Judgment)
-            .join(Task, Task.id == Attempt.task_id)
-            .outerjoin(Judgment, Judgment.attempt_id == Attempt.id)
-            .where(Attempt.round_id == round_id)
-        ).all()
-        records = [
-            AttemptRecord(
-                task_id=a.task_id,
-                sample_index=a.sample_index,
-                depth=a.depth,
-                edit_type=edit_type,
-                status=a.status.value,
-                verdict=a.verdict.value if a.verdict is not None else None,
-                following=j.score_following if j else None,
-                quality=j.score_quality if j else None,
-                preservation=j.score_preservation if j else None,
-                overall=j.overall if j else None,
-                edit_seconds=a.edit_seconds,
-                judge_seconds=j.latency_s if j else None,
-            )
-            for a, edit_type, j in rows
-        ]
+        records = round_records(session, round_id=round_id)
         now = utcnow()
         metrics = round_metrics(records, wall_seconds=(now - round_.started_at).total_seconds())
         round_.metrics = metrics

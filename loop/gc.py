@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from store.keys import EDIT_PREFIX, SOURCE_PREFIX, STAGING_PREFIX
+from store.keys import EDIT_PREFIX, EXPORT_STAGING_PREFIX, SOURCE_PREFIX, STAGING_PREFIX
 from store.models import Attempt, Task
 from store.objects import ObjectStore
 
@@ -25,16 +25,20 @@ def _older(store: ObjectStore, key: str, cutoff: datetime) -> bool:
     return modified is None or modified <= cutoff
 
 
-def stale_staged_keys(store: ObjectStore, cutoff: datetime) -> list[str]:
-    """The keys of every staged checkpoint upload whose newest object is older than `cutoff`.
+def stale_staged_keys(
+    store: ObjectStore, cutoff: datetime, prefix: str = STAGING_PREFIX
+) -> list[str]:
+    """The keys of every staged upload under `prefix` (checkpoints by default, or dataset exports)
+    whose newest object is older than `cutoff`.
 
-    No row ever points under the staging prefix (a published checkpoint lives under its final
-    prefix), so only age matters. It is judged per upload (`<version>-<nonce>/`), by its newest
-    object: a large upload still in progress, or being verified, has old first files too.
+    No row ever points under a staging prefix (a published checkpoint or export lives under its
+    final prefix), so only age matters. It is judged per upload (`<version>-<nonce>/`,
+    `<name>-<export id>/`), by its newest object: a large upload still in progress, or being
+    verified, has old first files too.
     """
     uploads: dict[str, list[str]] = defaultdict(list)
-    for key in store.list(f"{STAGING_PREFIX}/"):
-        uploads[key.removeprefix(f"{STAGING_PREFIX}/").split("/", 1)[0]].append(key)
+    for key in store.list(f"{prefix}/"):
+        uploads[key.removeprefix(f"{prefix}/").split("/", 1)[0]].append(key)
     return [
         key
         for keys in uploads.values()
@@ -50,8 +54,8 @@ def collect_garbage(
     grace: timedelta = timedelta(hours=1),
     dry_run: bool = False,
 ) -> list[str]:
-    """Delete source and edit images that no row references, and staged checkpoint uploads,
-    older than `grace`.
+    """Delete source and edit images that no row references, and staged checkpoint and export
+    uploads, older than `grace`.
 
     The grace period spares objects whose row is still being written (a worker between its
     object write and its commit) and uploads still being published. Returns the keys deleted
@@ -75,6 +79,8 @@ def collect_garbage(
     # after, and the row would point at a missing file (invariant 4). Staged uploads carry a fresh
     # nonce per try, so nothing writes under an old one again.
     garbage.extend(stale_staged_keys(store, cutoff))
+    # The same for dataset exports: each try stages under its own export id.
+    garbage.extend(stale_staged_keys(store, cutoff, EXPORT_STAGING_PREFIX))
     if not dry_run:
         for key in garbage:
             store.delete(key)

@@ -85,7 +85,7 @@ def load_model_judges(settings: Settings) -> tuple[Scorer, Reflector | None]:
     return judges.scorer, judges.reflector
 
 
-def build_worker_context(settings: Settings) -> WorkerContext:
+def build_worker_context(settings: Settings, worker_name: str = "in-process") -> WorkerContext:
     """Database, store and lazily loaded models for one worker process (or the eager loop)."""
     store = open_store(settings)
     return WorkerContext(
@@ -99,6 +99,7 @@ def build_worker_context(settings: Settings) -> WorkerContext:
         thresholds=verdict_thresholds(settings.judge),
         judge_timeout_s=settings.worker.dispatch_timeout_s,
         retries=settings.store.retries,
+        worker_name=worker_name,
     )
 
 

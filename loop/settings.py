@@ -4,12 +4,16 @@ Precedence: explicit arguments > environment (`EDITLOOP_STORE__DATABASE_URL`, ..
 (`EDITLOOP_CONFIG` or `--config`, TOML or YAML) > defaults, which are the embedded mode.
 """
 
+import difflib
 import os
+import tomllib
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+import yaml
+from pydantic import BaseModel, Field, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -18,12 +22,19 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from loop.admin.settings import AdminSettings
 from policies.settings import EditorSettings
+from policies.training.layout import DIE_WITH_PARENT_ENV
 from policies.training.settings import TrainingSettings
 from rewards.settings import JudgeSettings
 from store.db import sqlite_url
 from store.settings import StoreSettings
 from workers.settings import WorkerSettings
+
+ENV_PREFIX = "EDITLOOP_"
+# Variables editloop reads that are not settings: the config file, tracebacks, and the flag the
+# trainer sets for the training ranks it launches.
+NON_SETTING_VARIABLES = {"EDITLOOP_CONFIG", "EDITLOOP_DEBUG", DIE_WITH_PARENT_ENV}
 
 
 class SettingsError(ValueError):
@@ -38,12 +49,12 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = Field(Path(".editloop"), description="embedded-mode database, objects, models")
-    admin_token: SecretStr | None = Field(None, description="token for state-changing admin calls")
     store: StoreSettings = StoreSettings()
     editor: EditorSettings = EditorSettings()
     judge: JudgeSettings = JudgeSettings()
     worker: WorkerSettings = WorkerSettings()
     training: TrainingSettings = TrainingSettings()
+    admin: AdminSettings = AdminSettings()
 
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> "Settings":
@@ -80,20 +91,66 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process's settings, read once; `SettingsError` says what is wrong and how to fix it."""
+    unknown = unknown_variables(os.environ)
+    if unknown:
+        raise SettingsError("; ".join(unknown))
     try:
         return Settings()
     except ValidationError as exc:
         raise SettingsError(describe_validation_error(exc)) from None
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        problem = " ".join(str(exc).split())
+        raise SettingsError(
+            f"EDITLOOP_CONFIG={os.environ.get('EDITLOOP_CONFIG')}: the file cannot be parsed "
+            f"({problem})"
+        ) from None
+
+
+def setting_paths(model: type[BaseModel] = Settings) -> set[str]:
+    """Every setting's dotted path (`store`, `store.database_url`, ...). A dict setting such as
+    `training.recipe` is one value (JSON in its variable), not a section of its own."""
+    paths: set[str] = set()
+    for name, field in model.model_fields.items():
+        paths.add(name)
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            paths |= {f"{name}.{path}" for path in setting_paths(field.annotation)}
+    return paths
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A message for each `EDITLOOP_*` variable that sets nothing, naming the closest setting."""
+    variables = {_variable(path) for path in setting_paths()}
+    messages = []
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name in NON_SETTING_VARIABLES | variables:
+            continue
+        close = difflib.get_close_matches(name, [*variables, *NON_SETTING_VARIABLES], n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        messages.append(
+            f"unknown setting variable {name}{hint}: it would be ignored; fix or unset it "
+            "(`editloop config` lists the settings)"
+        )
+    return messages
+
+
+def _variable(path: str) -> str:
+    return ENV_PREFIX + path.replace(".", "__").upper()
 
 
 def describe_validation_error(exc: ValidationError) -> str:
     """One line per bad value: the setting, the problem, and the variable that sets it."""
+    paths = setting_paths()
     problems = []
     for error in exc.errors():
         path = ".".join(str(part) for part in error["loc"])
-        variable = "EDITLOOP_" + "__".join(str(part).upper() for part in error["loc"])
+        if error["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(path, paths, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            problems.append(f"unknown setting {path}{hint} in the config file")
+            continue
         given = f" (got {error['input']!r})" if not isinstance(error["input"], dict) else ""
-        problems.append(f"setting {path}: {error['msg']}{given}; set it with {variable}")
+        message = error["msg"].removeprefix("Value error, ")
+        problems.append(f"setting {path}: {message}{given}; set it with {_variable(path)}")
     return "invalid settings: " + "; ".join(problems)
 
 
@@ -102,6 +159,8 @@ def masked_settings(settings: Settings) -> dict[str, Any]:
     data = settings.model_dump(mode="json")
     data["store"]["database_url"] = _mask_url(settings.store.database_url)
     data["worker"]["broker_url"] = _mask_url(settings.worker.broker_url.get_secret_value())
+    # SecretStr dumps as stars already; said here so that a change of type cannot leak it.
+    data["admin"]["token"] = "***" if settings.admin.token is not None else None
     return data
 
 

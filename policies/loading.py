@@ -8,6 +8,7 @@ from huggingface_hub import snapshot_download
 from huggingface_hub.errors import LocalEntryNotFoundError
 
 from policies.pipelines import PipelineSpec
+from rewards.vlm import check_device
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -58,6 +59,7 @@ def load_pipeline(
     spec: PipelineSpec, model_dir: Path, *, device: str, dtype: str, scheduler: str
 ) -> DiffusionPipeline:
     """Load the pipeline saved in `model_dir` with `from_pretrained`, on `device`, ready to call."""
+    check_device(device)
     pipeline = spec.pipeline_class.from_pretrained(
         model_dir,
         dtype=torch_dtype(dtype, device),

@@ -1,10 +1,13 @@
 """The `editor` section of the settings: which diffusers editor to run and how."""
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class EditorSettings(BaseModel):
     """The editor (policy). An empty `model` means: the tiny local InstructPix2Pix (demo/tests)."""
+
+    # A misspelt key in a config file is an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid")
 
     model: str = Field(
         "", description="diffusers folder or cached hub id; empty = tiny local model"

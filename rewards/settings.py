@@ -2,11 +2,14 @@
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class JudgeSettings(BaseModel):
     """The judges. An empty `model` means: the tiny local Qwen2.5-VL (demo/tests)."""
+
+    # A misspelt key in a config file is an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid")
 
     backend: Literal["imgedit", "shapes"] = Field(
         "imgedit",

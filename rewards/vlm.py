@@ -74,6 +74,23 @@ class VisionLanguageModel:
     name: str
 
 
+def check_device(device: str) -> torch.device:
+    """The torch device named `device`; ValueError when it is malformed or absent here."""
+    try:
+        torch_device = torch.device(device)
+    except RuntimeError:
+        raise ValueError(
+            f"device={device!r} is not a torch device (cpu, cuda, cuda:1, ...)"
+        ) from None
+    if torch_device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r}: torch sees no CUDA GPU here; use --device cpu")
+        if (torch_device.index or 0) >= torch.cuda.device_count():
+            count = torch.cuda.device_count()
+            raise ValueError(f"device={device!r}: torch sees {count} GPU(s) (cuda:0..{count - 1})")
+    return torch_device
+
+
 def load_vision_language_model(path: Path, device: str = "cpu") -> VisionLanguageModel:
     """Load a Qwen2.5-VL checkpoint folder (never the hub): bf16 on GPU, fp32 on CPU.
 
@@ -81,7 +98,7 @@ def load_vision_language_model(path: Path, device: str = "cpu") -> VisionLanguag
     """
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: not a Qwen2.5-VL checkpoint folder (no config.json)")
-    torch_device = torch.device(device)
+    torch_device = check_device(device)
     dtype = torch.bfloat16 if torch_device.type == "cuda" else torch.float32
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
         path, dtype=dtype, local_files_only=True

@@ -1,10 +1,12 @@
 """Engine and sessions for the metadata database, with bounded retries when it is down."""
 
+import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psycopg
 from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -49,10 +51,21 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
 
 
 def is_transient_db_error(exc: Exception) -> bool:
-    """A lost or refused connection (worth retrying), not an error in the statement itself."""
-    if isinstance(exc, OperationalError):
+    """A lost, refused or busy connection (worth retrying), not an error in the statement or the
+    schema (a missing table is not fixed by waiting)."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
         return True
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+    original = exc.orig
+    if isinstance(original, sqlite3.Error):
+        return original.sqlite_errorname.startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
+    if isinstance(original, psycopg.Error):
+        # No SQLSTATE: the client could not connect. Class 08: connection; 53: resources; 57:
+        # operator intervention (a server shutting down); serialization failures and deadlocks.
+        state = original.sqlstate
+        return state is None or state[:2] in ("08", "53", "57") or state in ("40001", "40P01")
+    return isinstance(exc, OperationalError)
 
 
 def with_db_retry(

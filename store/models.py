@@ -15,6 +15,7 @@ from sqlalchemy import (
     Enum,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -162,10 +163,16 @@ class Attempt(Base):
     """One edit of one task in one round; reflections and restarts are deeper attempts."""
 
     __tablename__ = "attempt"
-    __table_args__ = (UniqueConstraint("round_id", "task_id", "sample_index", "depth"),)
+    __table_args__ = (
+        UniqueConstraint("round_id", "task_id", "sample_index", "depth"),
+        # The admin's samples pages: a round's (or run's) attempts newest first, and "does a row
+        # reference this image" (migration 0004).
+        Index("ix_attempt_round_id_id", "round_id", "id"),
+        Index("ix_attempt_output_key", "output_key"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    round_id: Mapped[int] = mapped_column(ForeignKey("round.id", ondelete="CASCADE"), index=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("round.id", ondelete="CASCADE"))
     task_id: Mapped[int] = mapped_column(ForeignKey("task.id"), index=True)
     sample_index: Mapped[int] = mapped_column(Integer)
     depth: Mapped[int] = mapped_column(Integer, default=0)
@@ -183,6 +190,9 @@ class Attempt(Base):
     dispatch_count: Mapped[int] = mapped_column(Integer, default=0)
     dispatch_deadline: Mapped[datetime | None]
     edit_seconds: Mapped[float | None] = mapped_column(Float)
+    # The edit worker that last started it, and when (a killed worker's attempts name it).
+    worker: Mapped[str | None] = mapped_column(String(128))
+    started_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

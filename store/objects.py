@@ -148,6 +148,10 @@ class LocalStore:
 _TRANSIENT_S3_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout"}
 
 
+# Answers that no retry changes: the credentials are wrong (raised on the first try).
+_CREDENTIAL_S3_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidSecurity"}
+
+
 def _is_transient_s3_error(exc: Exception) -> bool:
     if isinstance(exc, S3Error):
         return exc.code in _TRANSIENT_S3_CODES
@@ -206,6 +210,19 @@ class S3Store:
                 backoff_s=self.backoff_s,
                 what=f"S3 {what}",
             )
+        except S3Error as exc:
+            if exc.code in _CREDENTIAL_S3_CODES:
+                raise StoreUnavailable(
+                    f"S3 endpoint {self.endpoint} refused {what}: {exc.code} ({exc.message}); "
+                    "check EDITLOOP_STORE__S3_ACCESS_KEY and EDITLOOP_STORE__S3_SECRET_KEY"
+                ) from None
+            if exc.code == "AccessDenied":
+                raise StoreUnavailable(
+                    f"S3 endpoint {self.endpoint} refused {what}: access denied; the credentials "
+                    f"in EDITLOOP_STORE__S3_ACCESS_KEY need read and write access to bucket "
+                    f"{self.bucket!r} (EDITLOOP_STORE__S3_BUCKET)"
+                ) from None
+            raise
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise StoreUnavailable(
                 f"S3 endpoint {self.endpoint} did not answer {what} after "

@@ -19,7 +19,23 @@ pytest_plugins = [
     "tests.fixtures.judges",
     "tests.fixtures.editors",
     "tests.fixtures.workers",
+    "tests.fixtures.loop",
 ]
+
+
+# Fixtures that reach PostgreSQL, Redis, RabbitMQ or an S3 (moto) server: a test using one, even
+# through another fixture, is marked `services`, so that `pytest -m "not services"` runs anywhere.
+# (Parametrized fixtures mark their service parameters themselves.)
+SERVICE_FIXTURES = {
+    "postgres_server", "postgres_url", "moto_endpoint", "s3_store", "moto_process",
+    "loop_setup_factory",
+}  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.services)
 
 
 @pytest.fixture(autouse=True)

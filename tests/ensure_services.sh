@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Start the services the tests use (PostgreSQL, Redis, RabbitMQ) when the machine is not already
-# running them; moto (S3) and private Redis servers are started by the tests themselves.
+# running them, and install Debian's Chromium for the admin's browser test when it is missing;
+# moto (S3) and private Redis servers are started by the tests themselves.
 set -u
 
 up() { timeout 3 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
@@ -26,4 +27,10 @@ if ! up 5672; then
   echo "starting RabbitMQ"
   rabbitmq-server -detached
   wait_for RabbitMQ 5672 || exit 1
+fi
+# The admin's browser test drives Debian's Chromium headless over its DevTools protocol.
+if [ ! -x /usr/bin/chromium ]; then
+  echo "installing Chromium"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+    || { echo "ensure_services: could not install chromium" >&2; exit 1; }
 fi

@@ -2,6 +2,8 @@
 
 from celery import Celery
 from kombu import Exchange, Queue
+from kombu.exceptions import OperationalError as KombuOperationalError
+from kombu.utils.url import maybe_sanitize_url
 
 from workers.settings import WorkerSettings
 
@@ -73,8 +75,35 @@ def configure_celery(settings: WorkerSettings) -> Celery:
             "editloop.edit_batch": {"queue": EDIT_QUEUE, "routing_key": EDIT_QUEUE},
             "editloop.judge_batch": {"queue": JUDGE_QUEUE, "routing_key": JUDGE_QUEUE},
         },
+        # Task events, so that Flower (the compose file's monitor) sees what the workers do.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
         task_always_eager=settings.eager,
         task_eager_propagates=True,
         worker_hijack_root_logger=False,
     )
     return app
+
+
+class BrokerUnavailable(RuntimeError):
+    """The broker did not accept a connection within the retries."""
+
+
+def check_broker(app: Celery, *, retries: int, backoff_s: float) -> None:
+    """Fail with `BrokerUnavailable` unless the app's broker accepts a connection, retrying
+    with backoff first (a broker that is starting up)."""
+    url = maybe_sanitize_url(app.conf.broker_url)
+    try:
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(
+                max_retries=retries,
+                interval_start=backoff_s,
+                interval_step=backoff_s,
+                interval_max=10,
+                timeout=5,
+            )
+    except (KombuOperationalError, OSError) as exc:
+        raise BrokerUnavailable(
+            f"the broker at {url} did not answer after {retries + 1} tries ({exc}); check that it "
+            "is running and EDITLOOP_WORKER__BROKER_URL is right"
+        ) from None

@@ -54,6 +54,7 @@ class WorkerContext:
     thresholds: VerdictThresholds = VerdictThresholds()
     judge_timeout_s: float = 900.0
     retries: int = 5
+    worker_name: str = "in-process"  # recorded on the attempts this process starts editing
 
 
 _context: WorkerContext | None = None

@@ -1,10 +1,15 @@
 """The `worker` section of the settings: broker, queues and time limits."""
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp", "filesystem")
 
 
 class WorkerSettings(BaseModel):
     """How work is moved. `eager` runs tasks in-process (the embedded default)."""
+
+    # A misspelt key in a config file is an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid")
 
     eager: bool = Field(True, description="run Celery tasks in-process instead of via a broker")
     broker_url: SecretStr = Field(
@@ -24,3 +29,14 @@ class WorkerSettings(BaseModel):
         900, gt=0, description="seconds an attempt may stay dispatched before it is re-sent"
     )
     max_dispatches: int = Field(3, gt=0, description="sends per attempt before it ends Failed")
+
+    @field_validator("broker_url")
+    @classmethod
+    def _a_broker_celery_speaks(cls, url: SecretStr) -> SecretStr:
+        scheme = url.get_secret_value().partition("://")[0]
+        if scheme not in BROKER_SCHEMES or "://" not in url.get_secret_value():
+            raise ValueError(
+                f"a broker URL starts with one of {', '.join(s + '://' for s in BROKER_SCHEMES)}, "
+                "e.g. redis://redis:6379/0"
+            )
+        return url

@@ -41,7 +41,12 @@ def edit_attempts(context: WorkerContext, attempt_ids: list[int]) -> list[int]:
     """Edit the dispatched attempts among `attempt_ids`; returns the ids that are now edited."""
 
     def load() -> tuple[list[_EditWork], dict[int, Checkpoint]]:
-        with context.session_factory() as session:
+        with context.session_factory() as session, session.begin():
+            session.execute(
+                update(Attempt)
+                .where(Attempt.id.in_(attempt_ids), Attempt.status == AttemptStatus.DISPATCHED)
+                .values(worker=context.worker_name, started_at=utcnow())
+            )
             rows = session.scalars(
                 select(Attempt)
                 .where(Attempt.id.in_(attempt_ids), Attempt.status == AttemptStatus.DISPATCHED)

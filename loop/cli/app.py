@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from loop.cli import bench, data, edit, judge, run, train
+from loop.cli import admin, bench, data, edit, export, judge, run, train
 from loop.cli.errors import DEBUG_ENV, ErrorContractGroup
 from loop.settings import get_settings
 
@@ -27,13 +27,21 @@ app.command("config")(data.show_config)
 app.command("ingest")(data.ingest)
 app.command("status")(data.status)
 app.command("gc")(data.gc)
+app.command("check")(data.check)
 app.command("run")(run.run)
-app.command("worker")(run.worker)
+app.add_typer(run.worker_app, name="worker")
 app.command("demo")(bench.demo)
 app.command("edit")(edit.edit)
 app.command("judge")(judge.judge)
 app.command("train")(train.train)
 app.command("trainer")(train.trainer)
+app.command("serve")(admin.serve)
+app.command("runs")(admin.runs)
+app.command("rounds")(admin.rounds)
+app.command("metrics")(admin.metrics)
+app.command("samples")(admin.samples)
+app.command("checkpoints")(admin.checkpoints)
+app.command("export")(export.export)
 
 
 @app.callback()

@@ -1,4 +1,4 @@
-"""Commands on the data: `config`, `db upgrade|downgrade`, `ingest`, `status`, `gc`."""
+"""Commands on the data: `config`, `db upgrade|downgrade`, `ingest`, `status`, `gc`, `check`."""
 
 import json
 import re
@@ -13,12 +13,13 @@ from tqdm import tqdm
 from loop.cli.errors import USAGE, UserError
 from loop.gc import collect_garbage
 from loop.ingest import IngestReport, ingest_rows
-from loop.schema import ensure_schema
+from loop.invariants import check_invariants
+from loop.schema import ensure_schema, migrate
 from loop.services import open_database, open_store
 from loop.settings import get_settings, masked_settings
 from loop.sources import LAYOUTS, Columns, read_rows
 from loop.status import StatusReport, collect_status
-from migrations import downgrade, upgrade
+from store.models import Checkpoint
 
 db_app = typer.Typer(help="Manage the metadata database schema (Alembic).", no_args_is_help=True)
 console = Console()
@@ -34,14 +35,20 @@ def show_config() -> None:
 @db_app.command("upgrade")
 def db_upgrade(revision: str = typer.Argument("head", help="Target revision.")) -> None:
     """Migrate the database up to REVISION (default: the latest)."""
-    upgrade(get_settings().store.database_url, revision)
+    try:
+        migrate(get_settings(), revision)
+    except ValueError as exc:
+        raise UserError(str(exc), code=USAGE) from None
     console.print(f"database at {revision}")
 
 
 @db_app.command("downgrade")
 def db_downgrade(revision: str = typer.Argument(..., help="Target revision, e.g. base.")) -> None:
     """Migrate the database down to REVISION (`base` removes every table)."""
-    downgrade(get_settings().store.database_url, revision)
+    try:
+        migrate(get_settings(), revision, down=True)
+    except ValueError as exc:
+        raise UserError(str(exc), code=USAGE) from None
     console.print(f"database at {revision}")
 
 
@@ -83,6 +90,8 @@ def ingest(
     type_column: str = typer.Option("edit_type", help="Field holding the ImgEdit edit type."),
 ) -> None:
     """Load edit tasks; bad rows are reported and skipped, re-ingesting adds nothing."""
+    if layout not in LAYOUTS:
+        raise UserError(f"--layout {layout!r}: choose one of {', '.join(LAYOUTS)}", code=USAGE)
     if licence and not SPDX_ID.fullmatch(licence):
         raise UserError(
             f"--licence {licence!r} is not an SPDX licence id (letters, digits, '.', '-', '+'), "
@@ -172,8 +181,8 @@ def gc(
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would be deleted."),
 ) -> None:
-    """Delete stored images that no task or attempt references, and staged checkpoint uploads
-    (both left by crashes)."""
+    """Delete stored images that no task or attempt references, and staged checkpoint and export
+    uploads (all left by crashes)."""
     settings = get_settings()
     ensure_schema(settings)
     garbage = collect_garbage(
@@ -185,3 +194,45 @@ def gc(
     for key in garbage:
         console.print(key, highlight=False)
     console.print(f"{len(garbage)} unreferenced objects {'found' if dry_run else 'deleted'}")
+
+
+def check(
+    grace_minutes: float = typer.Option(
+        60, min=0, help="Unreferenced objects younger than this are not garbage yet."
+    ),
+    load_checkpoints: bool = typer.Option(
+        False,
+        "--load-checkpoints",
+        help="Also load every promoted checkpoint into the editor (loads the model libraries).",
+    ),
+) -> None:
+    """Check the invariants: attempts terminal once, one judgment each, images and checkpoint
+    files intact, no stale garbage, training jobs ended, round metrics equal to their rows."""
+    settings = get_settings()
+    ensure_schema(settings)
+    store = open_store(settings)
+    loader = None
+    if load_checkpoints:
+        from loop.runtime import load_editor
+
+        def loader(checkpoint: Checkpoint) -> object:
+            return load_editor(settings, store, None, checkpoint)
+
+    checks = check_invariants(
+        open_database(settings),
+        store,
+        grace=timedelta(minutes=grace_minutes),
+        load_checkpoint=loader,
+    )
+    table = Table(title="editloop invariants")
+    for column in ("invariant", "checked", "violations"):
+        table.add_column(column, justify="left" if column == "invariant" else "right")
+    for result in checks:
+        table.add_row(result.name, str(result.checked), str(len(result.violations)))
+    console.print(table)
+    broken = [result for result in checks if not result.ok]
+    for result in broken:
+        for violation in result.violations[:10]:
+            console.print(f"{result.name}: {violation}", highlight=False, soft_wrap=True)
+    if broken:
+        raise UserError(f"{len(broken)} of {len(checks)} invariants are violated (listed above)")

@@ -74,14 +74,15 @@ def edit(
     ),
 ) -> None:
     """Edit one image with a diffusers editor and write the result as PNG."""
-    # Imported here: diffusers and torch take seconds to import, and only editing needs them.
-    from policies.editor import InstructionEditor
-
     settings = get_settings()
     if output.suffix.lower() != ".png":
         raise typer.BadParameter(f"{output}: the output is a PNG; name it *.png", param_hint="-o")
     if not output.parent.is_dir():
         raise typer.BadParameter(f"{output.parent}: no such folder", param_hint="-o")
+    if output.is_dir():
+        raise typer.BadParameter(
+            f"{output} is a folder: name the PNG file to write", param_hint="-o"
+        )
     if not instruction.strip():
         raise typer.BadParameter("the instruction is empty", param_hint="INSTRUCTION")
     try:
@@ -108,6 +109,9 @@ def edit(
     )
     if not editor_settings.model:
         raise typer.BadParameter("no model: pass --model or set EDITLOOP_EDITOR__MODEL")
+    # Imported once the input is checked: diffusers and torch take seconds to import.
+    from policies.editor import InstructionEditor
+
     try:
         editor = InstructionEditor.from_settings(editor_settings)
         if checkpoint is not None:

@@ -11,6 +11,7 @@ import os
 import traceback
 
 import typer
+from sqlalchemy.exc import DBAPIError
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
@@ -45,6 +46,16 @@ def describe(exc: Exception) -> tuple[int, str]:
         return USAGE, str(exc)
     if isinstance(exc, DatabaseUnavailable | StoreUnavailable | SchemaOutdated):
         return FAILURE, str(exc)
+    if isinstance(exc, DBAPIError):
+        first_line = next(iter(str(exc.orig).splitlines()), "")
+        return FAILURE, (
+            f"the database refused a statement ({type(exc.orig).__name__}: {first_line}); if its "
+            "schema is not this editloop's, run `editloop db upgrade`"
+        )
+    if isinstance(exc, OSError) and exc.filename is not None:
+        # A folder that cannot be created or a file that cannot be written: the machine's, not
+        # editloop's, and the path says which setting to look at (EDITLOOP_DATA_DIR, ...).
+        return FAILURE, f"{exc.filename}: {exc.strerror}; check the path and its permissions"
     return FAILURE, (
         f"unexpected {type(exc).__name__}: {exc} (a bug in editloop? run again with --debug "
         "for the traceback and report it)"

@@ -62,9 +62,6 @@ def judge(
     ),
 ) -> None:
     """Judge one edit: print the scores, the reflection and the verdict."""
-    # Imported here: transformers and torch take seconds to import, and only judging needs them.
-    from rewards.factory import judge_model_dir, load_judges
-
     settings = get_settings()
     try:
         edit_type = parse_edit_type(type)
@@ -88,6 +85,9 @@ def judge(
         instruction=instruction,
         edit_type=edit_type,
     )
+    # Imported once the input is checked: transformers and torch take seconds to import.
+    from rewards.factory import judge_model_dir, load_judges
+
     try:
         judges = load_judges(judge_settings, judge_model_dir(judge_settings, settings.data_dir))
     except (FileNotFoundError, ValueError) as exc:

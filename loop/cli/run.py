@@ -7,12 +7,14 @@ from datetime import UTC, datetime
 import typer
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy import select
 
-from loop.cli.errors import UserError
+from loop.cli.errors import USAGE, UserError
 from loop.schema import ensure_schema
 from loop.services import open_database
 from loop.settings import get_settings
 from loop.status import round_metrics_of
+from store.models import Run
 
 console = Console()
 ROUND_METRICS = {
@@ -49,51 +51,69 @@ def _print_rounds(rounds: list[dict[str, float]]) -> None:
 
 
 def run(
-    rounds: int = typer.Option(2, min=1, help="Rounds to run."),
-    samples_per_task: int = typer.Option(1, min=1, help="Independent samples per task and round."),
-    tasks: int = typer.Option(8, min=1, help="Tasks drawn (seeded) per round."),
+    rounds: int | None = typer.Option(None, min=1, help="Rounds to run (new run: 2)."),
+    samples_per_task: int | None = typer.Option(
+        None, min=1, help="Independent samples per task and round (new run: 1)."
+    ),
+    tasks: int | None = typer.Option(None, min=1, help="Tasks drawn (seeded) per round (new: 8)."),
     name: str = typer.Option(
-        "", help="Run name; give an existing run's name to resume it (default: a new name)."
+        "", help="Run name: an existing run's name resumes it (default: a new, dated name)."
+    ),
+    new: bool = typer.Option(
+        False,
+        "--new",
+        help="Start a new run under --name (with the defaults of any option not given).",
     ),
     max_reflections: int | None = typer.Option(
         None, min=0, help="Tries after the first per sample (default: judge.max_reflections)."
     ),
-    train_every: int = typer.Option(
-        0, min=0, help="Queue a training job each time the accepted pool grew by this (0: never)."
+    train_every: int | None = typer.Option(
+        None,
+        min=0,
+        help="Queue a training job each time the accepted pool grew by this (new run: 0, never).",
     ),
-    seed: int = typer.Option(0, help="Seed of task draws and edit noise."),
+    seed: int | None = typer.Option(None, help="Seed of task draws and edit noise (new: 0)."),
 ) -> None:
-    """Run rounds of edit → judge → reflect; each round's metrics are stored and printed."""
+    """Run rounds of edit → judge → reflect; each round's metrics are stored and printed. A run
+    stopped (Ctrl-C, a crash, an admin) resumes with `editloop run --name NAME`."""
     # Imported here: the models and Celery take seconds to import, and only running needs them.
-    from loop.controller import RunConfig, run_loop
+    from loop.controller import RunConfig, RunStopped, run_loop
     from loop.runtime import build_worker_context
-    from workers.app import configure_celery
+    from workers.app import check_broker, configure_celery
     from workers.context import set_worker_context
     from workers.dispatch import CeleryDispatcher
 
     settings = get_settings()
+    ensure_schema(settings)
+    factory = open_database(settings)
+    given = {
+        "rounds": rounds, "samples_per_task": samples_per_task, "tasks_per_round": tasks,
+        "max_reflections": max_reflections, "train_min_new_samples": train_every, "seed": seed,
+    }  # fmt: skip
+    if name and not new and not any(v is not None for v in given.values()):
+        with factory() as session:
+            if session.scalar(select(Run.id).where(Run.name == name)) is None:
+                raise UserError(
+                    f"no run named {name!r} to resume: start it with --new, or give its "
+                    "settings (e.g. --rounds 3); `editloop status` counts the runs",
+                    code=USAGE,
+                )
     config = RunConfig(
         name=name or datetime.now(UTC).strftime("run-%Y%m%d-%H%M%S"),
-        rounds=rounds,
-        samples_per_task=samples_per_task,
-        tasks_per_round=tasks,
-        max_reflections=(
-            settings.judge.max_reflections if max_reflections is None else max_reflections
-        ),
         batch_size=settings.worker.edit_batch_size,
         dispatch_timeout_s=settings.worker.dispatch_timeout_s,
         max_dispatches=settings.worker.max_dispatches,
-        train_min_new_samples=train_every,
         heldout_origin=settings.training.eval_origin,
-        seed=seed,
+        **{"max_reflections": settings.judge.max_reflections}
+        | {k: v for k, v in given.items() if v is not None},
     )
     console.print(f"run {config.name} ({'in-process' if settings.worker.eager else 'workers'})")
-    ensure_schema(settings)
     try:
-        configure_celery(settings.worker)
+        celery = configure_celery(settings.worker)
         if settings.worker.eager:
             set_worker_context(build_worker_context(settings))
-        factory = open_database(settings)
+        else:
+            check_broker(celery, retries=settings.store.retries, backoff_s=settings.store.backoff_s)
         run_id = run_loop(
             factory=factory,
             dispatcher=CeleryDispatcher(),
@@ -103,16 +123,27 @@ def run(
         )
         with factory() as session:
             _print_rounds(round_metrics_of(session, run_id))
+    except RunStopped:
+        console.print(
+            f"run {config.name} was stopped; resume with: editloop run --name {config.name}"
+        )
     except KeyboardInterrupt:
-        console.print(f"stopped; resume with: editloop run --name {config.name}")
+        console.print(f"interrupted; resume with: editloop run --name {config.name}")
         raise typer.Exit(code=130) from None
     except RuntimeError as exc:
-        # The controller's refusals ("no tasks to edit: ingest some ...") and the store's and
-        # database's outages all say what to do.
+        # The controller's refusals ("no tasks to edit: ingest some ...") and the store's,
+        # database's and broker's outages all say what to do.
         raise UserError(str(exc)) from None
 
 
+worker_app = typer.Typer(
+    help="Start a worker (`editloop worker --device cuda:0`), or ping one (`editloop worker ping`)."
+)
+
+
+@worker_app.callback(invoke_without_command=True)
 def worker(
+    ctx: typer.Context,
     queues: str = typer.Option("edit,judge", help="Comma-separated queues to consume."),
     device: str = typer.Option("", help="Torch device for editor and judge, e.g. cuda:0."),
     pool: str = typer.Option("solo", help="Celery pool: solo (one per GPU) or threads."),
@@ -121,12 +152,22 @@ def worker(
     loglevel: str = typer.Option("INFO", help="Celery log level."),
 ) -> None:
     """Start one worker process (one per GPU) that edits and/or judges attempts from the broker."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from celery.utils.nodenames import host_format
+
     from loop.runtime import build_worker_context
-    from workers.app import configure_celery
+    from workers.app import check_broker, configure_celery
     from workers.context import set_worker_context
 
     settings = get_settings()
     if device:
+        from rewards.vlm import check_device
+
+        try:
+            check_device(device)
+        except ValueError as exc:
+            raise UserError(str(exc), code=USAGE) from None
         settings = settings.model_copy(
             update={
                 "editor": settings.editor.model_copy(update={"device": device}),
@@ -137,17 +178,41 @@ def worker(
         update={"worker": settings.worker.model_copy(update={"eager": False})}
     )
     ensure_schema(settings)
-    set_worker_context(build_worker_context(settings))
+    # The node name as Celery expands it (%h: this host), also recorded on the attempts.
+    name = host_format(hostname or f"editloop@{socket.gethostname()}-{os.getpid()}")
+    set_worker_context(build_worker_context(settings, worker_name=name))
     celery = configure_celery(settings.worker)
+    check_broker(celery, retries=settings.store.retries, backoff_s=settings.store.backoff_s)
     celery.worker_main(
         [
             "worker",
             f"--queues={queues}",
             f"--pool={pool}",
             f"--concurrency={concurrency}",
-            f"--hostname={hostname or f'editloop@{socket.gethostname()}-{os.getpid()}'}",
+            f"--hostname={name}",
             f"--loglevel={loglevel}",
             "--without-gossip",
             "--without-mingle",
         ]
     )
+
+
+@worker_app.command("ping")
+def ping(
+    hostname: str = typer.Option(
+        ...,
+        help="The worker's node name, as given to `editloop worker --hostname` (%h: this host).",
+    ),
+    timeout: float = typer.Option(10.0, min=0.1, help="Seconds to wait for the answer."),
+) -> None:
+    """Exit 0 when the worker named HOSTNAME answers through the broker (a liveness probe)."""
+    from celery.utils.nodenames import host_format
+
+    from workers.app import configure_celery
+
+    name = host_format(hostname)
+    celery = configure_celery(get_settings().worker.model_copy(update={"eager": False}))
+    replies = celery.control.ping(destination=[name], timeout=timeout)
+    if not any(name in reply for reply in replies):
+        raise UserError(f"worker {name} did not answer a ping within {timeout:g} s")
+    typer.echo(f"{name}: pong")

@@ -18,6 +18,7 @@ from pathlib import Path
 import typer
 
 from loop.cli.errors import UserError, describe, print_error
+from loop.schema import ensure_schema
 from loop.services import open_store
 from loop.settings import get_settings
 from policies.training.config import load_train_config, parse_overrides
@@ -35,12 +36,12 @@ def train(
     ),
 ) -> None:
     """Fine-tune the editor with DeepSpeed (one rank; start it under deepspeed/torchrun)."""
-    # Imported here: DeepSpeed takes seconds to import, and only this command needs it.
-    from policies.training.recipe import train as run_recipe
-
     settings = get_settings()
     try:
         train_config = load_train_config(config, parse_overrides(overrides))
+        # Imported once the config is checked: DeepSpeed takes seconds to import.
+        from policies.training.recipe import train as run_recipe
+
         result = run_recipe(
             train_config, functools.partial(open_store, settings), log_fn=_rank0_echo
         )
@@ -61,6 +62,7 @@ def trainer(
     from loop.training.jobs import run_trainer
 
     settings = get_settings()
+    ensure_schema(settings)
     parts = build_trainer_parts(settings, settings.training)
     done = run_trainer(
         parts,
@@ -70,6 +72,8 @@ def trainer(
     )
     for job_id, outcome in done:
         typer.echo(f"job {job_id}: {outcome}")
+    if not done:
+        typer.echo("no training job was queued (`editloop run --train-every N` queues them)")
 
 
 if __name__ == "__main__":

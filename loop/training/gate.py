@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from policies.types import Editor, EditRequest
 from rewards.types import JudgeItem, Scorer
 from store.images import decode_image
-from store.models import Checkpoint, CheckpointStatus, Task
+from store.models import Checkpoint, CheckpointStatus, Task, utcnow
 from store.objects import ObjectStore
 from store.taxonomy import EditType, parse_edit_type
 
@@ -143,7 +143,16 @@ def gate_checkpoint(
         done = session.execute(
             update(Checkpoint)
             .where(Checkpoint.id == checkpoint_id, Checkpoint.status == CheckpointStatus.READY)
-            .values(status=status, eval_metrics=metrics)
+            .values(
+                status=status,
+                eval_metrics=metrics,
+                decided_by="gate",
+                decided_at=utcnow(),
+                decision_reason=(
+                    f"mean overall {candidate_figures.mean_overall:.3f} vs the parent's "
+                    f"{parent_figures.mean_overall:.3f} (margin {margin:g})"
+                ),
+            )
         )
         if done.rowcount == 0:
             return session.get_one(Checkpoint, checkpoint_id).status

@@ -30,11 +30,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from policies.checkpoints import fetch_checkpoint
-from store.keys import CHECKPOINT_PREFIX, STAGING_PREFIX
+from store.keys import CHECKPOINT_MANIFEST, CHECKPOINT_PREFIX, STAGING_PREFIX
 from store.models import Checkpoint, CheckpointStatus, TrainJob
 from store.objects import ObjectStore
-
-MANIFEST_NAME = "checkpoint_manifest.json"
 
 
 class PublishError(RuntimeError):
@@ -58,8 +56,10 @@ def folder_files(folder: Path) -> list[FileEntry]:
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         data = path.read_bytes()
         relative = path.relative_to(folder).as_posix()
-        if relative == MANIFEST_NAME:
-            raise ValueError(f"{folder} already holds a {MANIFEST_NAME}: publish the bare folder")
+        if relative == CHECKPOINT_MANIFEST:
+            raise ValueError(
+                f"{folder} already holds a {CHECKPOINT_MANIFEST}: publish the bare folder"
+            )
         entries.append(FileEntry(relative, len(data), hashlib.sha256(data).hexdigest()))
     if not entries:
         raise ValueError(f"folder={str(folder)!r} is empty: nothing to publish")
@@ -137,7 +137,7 @@ def publish_checkpoint(
             store.put(f"{final}/{entry.path}", (folder / entry.path).read_bytes())
         _check_uploaded(store, final, files, content=False)
         manifest = json.dumps({"version": version, "files": [asdict(f) for f in files]}, indent=1)
-        store.put(f"{final}/{MANIFEST_NAME}", manifest.encode(), "application/json")
+        store.put(f"{final}/{CHECKPOINT_MANIFEST}", manifest.encode(), "application/json")
     finally:
         # The store may be down: what staging keeps is garbage, never state.
         with contextlib.suppress(Exception):

@@ -3,13 +3,16 @@
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from policies.training.config import TrainConfig
 
 
 class TrainingSettings(BaseModel):
     """The trainer process: job folders, launcher, lease, data selection defaults, the gate."""
+
+    # A misspelt key in a config file is an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid")
 
     work_dir: Path | None = Field(
         None,

@@ -6,54 +6,31 @@ compound task is half done at depth 0 (Reflection: the rule reflector asks for t
 operation), and the child, editing the parent's output, completes it (Success at depth 1).
 """
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from loop.controller import RunConfig, run_loop
+from loop.controller import RunConfig, RunStopped, run_loop
 from loop.gc import referenced_keys
-from loop.ingest import ingest_rows
-from loop.sources import read_rows
 from migrations import upgrade
 from store.db import make_engine, make_session_factory
-from store.images import ImageLimits
-from store.models import Attempt, AttemptStatus, Judgment, Round, Task, TrainJob
-from store.objects import LocalStore
+from store.models import (
+    Attempt,
+    AttemptStatus,
+    Judgment,
+    Round,
+    RoundStatus,
+    Run,
+    RunStatus,
+    Task,
+    TrainJob,
+)
 from store.taxonomy import Verdict
-from tests.fixtures.loop import FirstOperationEditor, shapes_judges, write_shapes_tasks
-from workers.app import configure_celery
-from workers.context import ModelCache, WorkerContext, set_worker_context
 from workers.dispatch import CeleryDispatcher
-from workers.settings import WorkerSettings
 from workers.stages import edit_attempts, judge_attempts
-
-
-@pytest.fixture
-def loop_env(
-    tmp_path: Path,
-) -> Iterator[tuple[sessionmaker[Session], LocalStore, FirstOperationEditor]]:
-    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    upgrade(url)
-    factory = make_session_factory(make_engine(url))
-    store = LocalStore(tmp_path / "objects")
-    rows, _ = read_rows(write_shapes_tasks(tmp_path / "tasks", compound=4, single=2))
-    report = ingest_rows(
-        rows, session_factory=factory, store=store, limits=ImageLimits(), origin="shapes"
-    )
-    assert report.ingested == 6
-    editor = FirstOperationEditor()
-    context = WorkerContext(
-        session_factory=factory,
-        store=store,
-        models=ModelCache(load_editor=lambda old, checkpoint: editor, load_judges=shapes_judges),
-    )
-    configure_celery(WorkerSettings(eager=True))
-    set_worker_context(context)
-    yield factory, store, editor
-    set_worker_context(None)
 
 
 def test_one_round_follows_reflections_to_success(loop_env) -> None:  # type: ignore[no-untyped-def]
@@ -184,3 +161,70 @@ def test_training_is_queued_when_the_pool_grew_enough(loop_env) -> None:  # type
         jobs = session.scalars(select(TrainJob).order_by(TrainJob.id)).all()
     # Each round accepts 6 samples: a job after round 0 (pool 6) and after round 1 (pool 12).
     assert [job.data_filter["pool_size"] for job in jobs] == [6, 12]
+
+
+class StoppingDispatcher(CeleryDispatcher):
+    """Stops the run (as an admin would) when it first sends edits, then sends as usual."""
+
+    def __init__(self, factory: sessionmaker[Session], name: str) -> None:
+        self.factory, self.name, self.stopped = factory, name, False
+
+    def send_edit(self, attempt_ids: Sequence[int]) -> None:
+        if not self.stopped:
+            self.stopped = True
+            with self.factory() as session, session.begin():
+                session.scalar(select(Run).where(Run.name == self.name)).status = RunStatus.STOPPED
+        super().send_edit(attempt_ids)
+
+
+def test_a_stopped_run_ends_between_passes_and_resumes(loop_env) -> None:  # type: ignore[no-untyped-def]
+    factory, _, _ = loop_env
+    config = RunConfig(name="halt", rounds=1, tasks_per_round=6, poll_interval_s=0.01)
+    with pytest.raises(RunStopped):
+        run_loop(factory=factory, dispatcher=StoppingDispatcher(factory, "halt"), config=config)
+    with factory() as session:
+        assert session.scalar(select(Run.status)) == RunStatus.STOPPED
+        assert session.scalar(select(Round.status)) == RoundStatus.EDITING
+        statuses = [a.status for a in session.scalars(select(Attempt))]
+    # Stopped after the first pass: the reflections it created were never dispatched.
+    assert statuses.count(AttemptStatus.PENDING) == 4
+    run_loop(factory=factory, dispatcher=CeleryDispatcher(), config=config)
+    with factory() as session:
+        attempts = session.scalars(select(Attempt)).all()
+        assert session.scalar(select(Run.status)) == RunStatus.FINISHED
+        assert len(attempts) == 10 and all(a.status == AttemptStatus.JUDGED for a in attempts)
+        assert len(session.scalars(select(Judgment)).all()) == 10
+
+
+class InterruptedDispatcher(CeleryDispatcher):
+    """Ctrl-C right after the controller marked the first batches dispatched, before any send."""
+
+    def send_edit(self, attempt_ids: Sequence[int]) -> None:
+        raise KeyboardInterrupt
+
+
+@pytest.mark.timeout(60)
+def test_an_interrupted_in_process_run_resumes_without_waiting_out_the_deadline(loop_env) -> None:  # type: ignore[no-untyped-def]
+    factory, _, _ = loop_env
+    # A 900 s deadline, as by default: only re-dispatching at once lets this finish in time.
+    config = RunConfig(name="ctrl-c", rounds=1, tasks_per_round=6, poll_interval_s=0.01)
+    with pytest.raises(KeyboardInterrupt):
+        run_loop(factory=factory, dispatcher=InterruptedDispatcher(), config=config)
+    with factory() as session:
+        statuses = {a.status for a in session.scalars(select(Attempt))}
+    assert statuses == {AttemptStatus.DISPATCHED}
+    run_loop(factory=factory, dispatcher=CeleryDispatcher(), config=config)
+    with factory() as session:
+        attempts = session.scalars(select(Attempt)).all()
+    assert len(attempts) == 10 and all(a.status == AttemptStatus.JUDGED for a in attempts)
+    assert {a.dispatch_count for a in attempts if a.depth == 0} == {2}
+
+
+def test_a_run_with_no_tasks_is_refused_before_its_row_is_written(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'empty.sqlite'}"
+    upgrade(url)
+    factory = make_session_factory(make_engine(url))
+    with pytest.raises(RuntimeError, match="no tasks to edit"):
+        run_loop(factory=factory, dispatcher=CeleryDispatcher(), config=RunConfig(name="none"))
+    with factory() as session:
+        assert session.scalars(select(Run)).all() == []

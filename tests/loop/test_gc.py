@@ -13,7 +13,7 @@ from migrations import upgrade
 from policies.checkpoints import fetch_checkpoint
 from store.db import make_engine, make_session_factory
 from store.images import ImageLimits
-from store.keys import CHECKPOINT_PREFIX, STAGING_PREFIX
+from store.keys import CHECKPOINT_PREFIX, EXPORT_PREFIX, EXPORT_STAGING_PREFIX, STAGING_PREFIX
 from store.models import Checkpoint
 from store.objects import LocalStore, put_content
 
@@ -83,3 +83,23 @@ def test_stale_staged_checkpoint_uploads_go_published_checkpoints_stay(tmp_path:
     # The published checkpoint still fetches whole.
     fetched = fetch_checkpoint(store, prefix, tmp_path / "fetched")
     assert (fetched / "unet" / "weights.bin").read_bytes() == b"weights"
+
+
+def test_stale_staged_export_uploads_go_published_exports_stay(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    upgrade(url)
+    factory = make_session_factory(make_engine(url))
+    store = LocalStore(tmp_path / "objects")
+    # A published export, what two killed exports staged (one long ago, one just now), and a
+    # large upload still in progress (its first shard old, its last one new).
+    published = [f"{EXPORT_PREFIX}/refl/{name}" for name in ("README.md", "manifest.json")]
+    stale = [f"{EXPORT_STAGING_PREFIX}/refl-3/{name}" for name in ("README.md", "data/a.parquet")]
+    fresh = f"{EXPORT_STAGING_PREFIX}/refl-4/README.md"
+    uploading = [f"{EXPORT_STAGING_PREFIX}/big-5/{name}" for name in ("a.tar", "b.tar")]
+    for key in [*published, *stale, fresh, *uploading]:
+        store.put(key, b"bytes")
+    for key in [*published, *stale, uploading[0]]:
+        age(store, key, timedelta(hours=2))
+    assert collect_garbage(factory, store, grace=timedelta(hours=1), dry_run=True) == stale
+    assert collect_garbage(factory, store, grace=timedelta(hours=1)) == stale
+    assert set(store.list(f"{EXPORT_PREFIX}/")) == {*published, fresh, *uploading}

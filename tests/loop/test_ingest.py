@@ -29,7 +29,7 @@ def png(colour: str, size: tuple[int, int] = (16, 12)) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.fixture(params=["sqlite+local", "postgres+s3"])
+@pytest.fixture(params=["sqlite+local", pytest.param("postgres+s3", marks=pytest.mark.services)])
 def backends(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> tuple[sessionmaker[Session], ObjectStore]:

@@ -46,3 +46,39 @@ def test_round_metrics_worked_example() -> None:
 def test_empty_round_gives_zero_rates() -> None:
     m = round_metrics([], wall_seconds=0.0)
     assert m["verdict/Success/rate"] == 0.0 and m["chains/success_rate"] == 0.0
+
+
+def test_per_type_score_means_and_judge_health() -> None:
+    records = [
+        record(1, 0, "Success", "alter", following=5, quality=4, preservation=5, overall=14 / 3,
+               parse_status="ok", reason="accepted: overall 4.67", reflector_tag="Success",
+               edit_seconds=2, judge_seconds=1),
+        record(2, 0, "Reflection", "hybrid", following=3, quality=3, preservation=3, overall=3,
+               parse_status="capped", reason="reflect: no visible change",
+               reflector_tag="Reflection", override_verdict="Success", edit_seconds=1),
+        record(2, 1, "Failed", "hybrid", following=1, quality=1, preservation=1, overall=1,
+               parse_status="ok", reason="no-op: change 0.0000 <= 0.02: edited image is the source",
+               reflector_tag="Invalid", override_verdict="Failed", edit_seconds=1),
+        record(3, 0, "Failed", "remove", parse_status="unparseable", reason="unparseable: empty",
+               reflector_tag=None),
+        record(4, 0, None, "remove"),  # the edit failed: no judgment
+    ]  # fmt: skip
+    m = round_metrics(records, wall_seconds=1.0)
+    # hybrid: following (3 + 1) / 2; alter has one scored attempt
+    assert m["by_type/hybrid/scores/following/mean"] == pytest.approx(2.0)
+    assert m["by_type/alter/scores/overall/mean"] == pytest.approx(14 / 3)
+    assert m["by_type/remove/scores/overall/mean"] == 0.0  # judged, never scored
+    # 4 judgments: 1 unparseable, 1 capped; no-op guard: the Reflection and the no-op Failed
+    assert m["judge/judgments"] == 4
+    assert m["judge/unparseable_rate"] == pytest.approx(1 / 4)
+    assert m["judge/capped_rate"] == pytest.approx(1 / 4)
+    assert m["judge/noop_trips"] == 2
+    # 3 reflector answers, 1 Invalid
+    assert m["judge/reflector_invalid_rate"] == pytest.approx(1 / 3)
+    # 2 overrides; only the Reflection → Success one disagrees with the judge
+    assert m["judge/overrides"] == 2 and m["judge/disagreements"] == 1
+    assert m["judge/disagreement_rate"] == pytest.approx(1 / 4)
+    # the judge's verdicts still count as the judge gave them
+    assert m["verdict/Success/count"] == 1
+    # edit 4 s + judge 1 s over 1 accepted sample
+    assert m["accepted/gpu_seconds_per_sample"] == pytest.approx(5.0)

@@ -1,5 +1,6 @@
 """Settings: embedded defaults, environment over config file, secrets masked."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,78 @@ def test_a_bad_value_names_the_setting_and_its_variable(monkeypatch: pytest.Monk
     get_settings.cache_clear()
     assert str(raised.value).startswith("invalid settings: setting store.retries: ")
     assert "(got 'many'); set it with EDITLOOP_STORE__RETRIES" in str(raised.value)
+
+
+def test_admin_settings_come_from_their_section(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDITLOOP_ADMIN__TOKEN", "s3cret-token")
+    monkeypatch.setenv("EDITLOOP_ADMIN__PORT", "9001")
+    settings = Settings()
+    assert settings.admin.token_value() == "s3cret-token" and settings.admin.port == 9001
+    shown = masked_settings(settings)
+    assert shown["admin"]["token"] == "***" and "s3cret-token" not in str(shown)
+    assert "admin_token" not in shown  # the old top-level setting moved under admin
+    with pytest.raises(ValueError, match="admin_token"):
+        Settings(admin_token="x")  # type: ignore[call-arg]
+
+
+def test_protected_reads_need_a_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDITLOOP_ADMIN__PROTECT_READS", "true")
+    get_settings.cache_clear()
+    with pytest.raises(SettingsError, match="EDITLOOP_ADMIN__TOKEN"):
+        get_settings()
+    get_settings.cache_clear()
+
+
+def test_an_unknown_variable_is_refused_with_the_closest_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("EDITLOOP_STORE__DATABSE_URL", "sqlite:///x.db")
+    monkeypatch.setenv("EDITLOOP_TRAINING__RECIPE__MAX_STEPS", "3")
+    monkeypatch.setenv("EDITLOOP_DEBUG", "1")  # read by the command line, not a setting
+    get_settings.cache_clear()
+    with pytest.raises(SettingsError) as raised:
+        get_settings()
+    get_settings.cache_clear()
+    message = str(raised.value)
+    assert "EDITLOOP_STORE__DATABSE_URL (did you mean EDITLOOP_STORE__DATABASE_URL?)" in message
+    assert (
+        "EDITLOOP_TRAINING__RECIPE__MAX_STEPS (did you mean EDITLOOP_TRAINING__RECIPE?)" in message
+    )
+    assert "EDITLOOP_DEBUG" not in message
+
+
+def test_a_misspelt_key_in_a_config_file_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "editloop.toml"
+    config.write_text('[store]\ndatabse_url = "sqlite:///x.db"\n')
+    monkeypatch.setenv("EDITLOOP_CONFIG", str(config))
+    get_settings.cache_clear()
+    with pytest.raises(SettingsError, match=r"unknown setting store\.databse_url \(did you mean"):
+        get_settings()
+    config.write_text("[store\n")
+    get_settings.cache_clear()
+    with pytest.raises(SettingsError, match=r"editloop\.toml: the file cannot be parsed"):
+        get_settings()
+    get_settings.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("EDITLOOP_STORE__DATABASE_URL", "notaurl", "is not a database URL"),
+        ("EDITLOOP_STORE__DATABASE_URL", "postgresql://u@h/d", "use postgresql+psycopg://"),
+        ("EDITLOOP_STORE__DATABASE_URL", "mysql://u@h/d", "mysql:// is not supported"),
+        ("EDITLOOP_STORE__S3_ENDPOINT", "http://minio:9000", "without a scheme"),
+        ("EDITLOOP_WORKER__BROKER_URL", "localhost:6379", "a broker URL starts with"),
+    ],
+)
+def test_urls_editloop_cannot_use_are_refused(
+    variable: str, value: str, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(variable, value)
+    get_settings.cache_clear()
+    with pytest.raises(SettingsError, match=re.escape(message)) as raised:
+        get_settings()
+    get_settings.cache_clear()
+    assert f"set it with {variable}" in str(raised.value)

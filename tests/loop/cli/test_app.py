@@ -22,9 +22,11 @@ def editloop(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[s
 
 
 def test_config_prints_masked_settings(tmp_path: Path) -> None:
-    result = editloop("config", cwd=tmp_path, EDITLOOP_STORE__DATABASE_URL="postgresql://u:pw@h/db")
+    result = editloop(
+        "config", cwd=tmp_path, EDITLOOP_STORE__DATABASE_URL="postgresql+psycopg://u:pw@h/db"
+    )
     shown = json.loads(result.stdout)
-    assert shown["store"]["database_url"] == "postgresql://u:***@h/db"
+    assert shown["store"]["database_url"] == "postgresql+psycopg://u:***@h/db"
 
 
 def test_user_errors_exit_1_with_a_message(tmp_path: Path, postgres_url: str) -> None:

@@ -17,7 +17,7 @@ from loop.cli.app import app
 runner = CliRunner()
 codes = {}
 for command in [[], *[[name] for name in sys.argv[1].split(",")], ["db", "upgrade"],
-                ["bench", "self-improve"]]:
+                ["bench", "self-improve"], ["worker", "ping"]]:
     codes[" ".join(command + ["--help"])] = runner.invoke(app, [*command, "--help"]).exit_code
 codes["config"] = runner.invoke(app, ["config"]).exit_code
 codes["status"] = runner.invoke(app, ["status"]).exit_code
@@ -29,7 +29,8 @@ print(json.dumps({"codes": codes, "heavy": heavy}))
 def test_help_config_and_status_import_no_model_library(tmp_path: Path) -> None:
     from loop.cli.app import app
 
-    commands = sorted(command.name for command in app.registered_commands) + ["db", "bench"]
+    commands = sorted(command.name for command in app.registered_commands)
+    commands += sorted(group.name for group in app.registered_groups)
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDITLOOP_")}
     result = subprocess.run(
         [sys.executable, "-c", SCRIPT, ",".join(commands), ",".join(HEAVY)],
@@ -40,6 +41,6 @@ def test_help_config_and_status_import_no_model_library(tmp_path: Path) -> None:
         check=True,
     )
     report = json.loads(result.stdout.splitlines()[-1])
-    assert len(report["codes"]) == len(commands) + 5
+    assert len(report["codes"]) == len(commands) + 6
     assert set(report["codes"].values()) == {0}, report["codes"]
     assert report["heavy"] == []

@@ -116,6 +116,8 @@ def test_a_worse_checkpoint_is_rejected_and_the_next_round_keeps_the_parent(
         assert row.eval_metrics["eval/candidate/mean_overall"] == 3.0
         assert row.eval_metrics["eval/parent/mean_overall"] == 5.0
         assert row.eval_metrics["eval/parent_version"] == "parent"
+        assert row.decided_by == "gate" and row.decided_at is not None
+        assert row.decision_reason == "mean overall 3.000 vs the parent's 5.000 (margin 0.5)"
         assert latest_promoted(session).id == parent
 
     # Decided once: gating it again evaluates nothing and keeps the verdict.

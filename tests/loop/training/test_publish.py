@@ -7,11 +7,12 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from loop.training.publish import MANIFEST_NAME, PublishError, content_version, folder_files
+from loop.training.publish import PublishError, content_version, folder_files
 from loop.training.publish import publish_checkpoint as publish
 from migrations import upgrade
 from policies.checkpoints import fetch_checkpoint
 from store.db import make_engine, make_session_factory
+from store.keys import CHECKPOINT_MANIFEST
 from store.models import Checkpoint, CheckpointStatus, TrainJob
 from store.objects import LocalStore, ObjectStore, StoreUnavailable
 from tests.fixtures.services import MotoProcess, TcpProxy, make_s3_store
@@ -91,7 +92,7 @@ def test_publish_uploads_verifies_and_records_one_ready_row(
     assert (row.sample_count, row.kind, row.data_filter) == (12, "full", {"run_id": 1})
     keys = list(store.list(row.object_prefix + "/"))
     expected = [f"{row.object_prefix}/{f.path}" for f in folder_files(tiny_full_checkpoint)]
-    assert sorted(keys) == sorted([*expected, f"{row.object_prefix}/{MANIFEST_NAME}"])
+    assert sorted(keys) == sorted([*expected, f"{row.object_prefix}/{CHECKPOINT_MANIFEST}"])
     assert not list(store.list("checkpoints/.staging/"))  # the staged copy is gone
     # What the workers fetch loads in the editor.
     folder = fetch_checkpoint(store, row.object_prefix, tmp_path / "cache")

@@ -19,10 +19,6 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-# Run as a script, this file's folder comes first on sys.path and its name would hide the `loop`
-# package; drop it before importing the project.
-sys.path[:] = [p for p in sys.path if Path(p).resolve() != Path(__file__).resolve().parent]
-
 import numpy as np
 import psycopg
 from celery.contrib.testing.worker import start_worker
