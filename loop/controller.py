@@ -38,6 +38,7 @@ from store.taxonomy import Verdict
 
 log = logging.getLogger(__name__)
 TERMINAL = (AttemptStatus.JUDGED, AttemptStatus.FAILED)
+TASK_ORDERS = ("random", "fresh", "unsolved")
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,11 @@ class RunConfig:
     train_min_new_samples: int = 0  # queue a train_job when the pool grew by this (0: never)
     heldout_origin: str = "heldout"  # tasks of this origin are the gate's, never edited in rounds
     seed: int = 0
+    task_order: str = "random"  # random | fresh | unsolved (see `draw_tasks`)
+
+    def __post_init__(self) -> None:
+        if self.task_order not in TASK_ORDERS:
+            raise ValueError(f"task_order={self.task_order!r}: one of {', '.join(TASK_ORDERS)}")
 
 
 class Dispatcher(Protocol):
@@ -155,9 +161,11 @@ def _open_round(
             )
             session.add(round_)
             session.flush()
-        if round_.status == RoundStatus.FINISHED:
-            return round_.id, True
-        task_ids = pick_tasks(session, config, number)
+        else:
+            # Its first attempts were written with it, in one transaction: a resumed round keeps
+            # the tasks it drew (a new draw could differ: more tasks, more of them solved).
+            return round_.id, round_.status == RoundStatus.FINISHED
+        task_ids = pick_tasks(session, config, number, run_id=run_id)
         if not task_ids:
             raise RuntimeError("no tasks to edit: ingest some with `editloop ingest PATH` first")
         tasks = {t.id: t for t in session.scalars(select(Task).where(Task.id.in_(task_ids)))}
@@ -185,15 +193,67 @@ def _open_round(
         return round_.id, False
 
 
-def pick_tasks(session: Session, config: RunConfig, number: int) -> list[int]:
-    """A seeded draw of `tasks_per_round` task ids for round `number` (the same on resume)."""
+def pick_tasks(
+    session: Session, config: RunConfig, number: int, *, run_id: int | None = None
+) -> list[int]:
+    """The task ids round `number` edits, drawn in `config.task_order` (`draw_tasks`) from the
+    tasks that are not held out; `unsolved` reads which the run `run_id` solved already."""
     ids = list(
         session.scalars(
             select(Task.id).where(Task.origin != config.heldout_origin).order_by(Task.id)
         )
     )
-    rng = random.Random(f"{config.seed}:{config.name}:{number}")
-    return sorted(rng.sample(ids, min(config.tasks_per_round, len(ids))))
+    solved: set[int] = set()
+    if config.task_order == "unsolved" and run_id is not None:
+        solved = set(
+            session.scalars(
+                select(Attempt.task_id)
+                .join(Round, Round.id == Attempt.round_id)
+                .where(Round.run_id == run_id, Attempt.verdict == Verdict.SUCCESS)
+                .distinct()
+            )
+        )
+    return draw_tasks(
+        ids,
+        order=config.task_order,
+        seed=config.seed,
+        number=number,
+        count=config.tasks_per_round,
+        solved=solved,
+    )
+
+
+def draw_tasks(
+    ids: Sequence[int], *, order: str, seed: int, number: int, count: int, solved: set[int]
+) -> list[int]:
+    """`count` of `ids` for round `number`, sorted; seeded by `seed` alone (two runs with the same
+    seed draw the same tasks, whatever their names).
+
+    random: a fresh sample each round (tasks repeat across rounds); fresh: without replacement
+    across rounds (one seeded permutation after another: no task twice before every task once);
+    unsolved: tasks not in `solved` first, then solved ones, each group in seeded order.
+    """
+    if order not in TASK_ORDERS:
+        raise ValueError(f"task_order={order!r}: one of {', '.join(TASK_ORDERS)}")
+    ids = sorted(ids)
+    count = min(count, len(ids))
+    if order == "random":
+        return sorted(random.Random(f"{seed}:random:{number}").sample(ids, count))
+    if order == "unsolved":
+        rng = random.Random(f"{seed}:unsolved:{number}")
+        first = [i for i in ids if i not in solved]
+        rest = [i for i in ids if i in solved]
+        rng.shuffle(first)
+        rng.shuffle(rest)
+        return sorted((first + rest)[:count])
+    # fresh: round n takes places [n * count, (n + 1) * count) of the stream of permutations.
+    start, chosen = number * count, []
+    while len(chosen) < count:
+        epoch, place = divmod(start + len(chosen), len(ids))
+        permutation = list(ids)
+        random.Random(f"{seed}:fresh:{epoch}").shuffle(permutation)
+        chosen += permutation[place : place + count - len(chosen)]
+    return sorted(chosen)
 
 
 def drive_round(

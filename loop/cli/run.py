@@ -73,11 +73,16 @@ def run(
         help="Queue a training job each time the accepted pool grew by this (new run: 0, never).",
     ),
     seed: int | None = typer.Option(None, help="Seed of task draws and edit noise (new: 0)."),
+    task_order: str | None = typer.Option(
+        None,
+        help="How rounds draw tasks: random (a new sample each round), fresh (no task twice "
+        "before every task once), unsolved (tasks without an accepted sample first); new: random.",
+    ),
 ) -> None:
     """Run rounds of edit → judge → reflect; each round's metrics are stored and printed. A run
     stopped (Ctrl-C, a crash, an admin) resumes with `editloop run --name NAME`."""
     # Imported here: the models and Celery take seconds to import, and only running needs them.
-    from loop.controller import RunConfig, RunStopped, run_loop
+    from loop.controller import TASK_ORDERS, RunConfig, RunStopped, run_loop
     from loop.runtime import build_worker_context
     from workers.app import check_broker, configure_celery
     from workers.context import set_worker_context
@@ -89,6 +94,7 @@ def run(
     given = {
         "rounds": rounds, "samples_per_task": samples_per_task, "tasks_per_round": tasks,
         "max_reflections": max_reflections, "train_min_new_samples": train_every, "seed": seed,
+        "task_order": task_order,
     }  # fmt: skip
     if name and not new and not any(v is not None for v in given.values()):
         with factory() as session:
@@ -98,6 +104,8 @@ def run(
                     "settings (e.g. --rounds 3); `editloop status` counts the runs",
                     code=USAGE,
                 )
+    if task_order is not None and task_order not in TASK_ORDERS:
+        raise UserError(f"--task-order {task_order!r}: one of {', '.join(TASK_ORDERS)}", code=USAGE)
     config = RunConfig(
         name=name or datetime.now(UTC).strftime("run-%Y%m%d-%H%M%S"),
         batch_size=settings.worker.edit_batch_size,

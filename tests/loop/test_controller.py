@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from loop.controller import RunConfig, RunStopped, run_loop
+from loop.controller import RunConfig, RunStopped, draw_tasks, run_loop
 from loop.gc import referenced_keys
 from migrations import upgrade
 from store.db import make_engine, make_session_factory
@@ -228,3 +228,57 @@ def test_a_run_with_no_tasks_is_refused_before_its_row_is_written(tmp_path: Path
         run_loop(factory=factory, dispatcher=CeleryDispatcher(), config=RunConfig(name="none"))
     with factory() as session:
         assert session.scalars(select(Run)).all() == []
+
+
+IDS = list(range(1, 21))
+
+
+@pytest.mark.parametrize("order", ["random", "fresh", "unsolved"])
+def test_draws_depend_on_the_seed_alone(order: str) -> None:
+    draw = [draw_tasks(IDS, order=order, seed=3, number=n, count=8, solved=set()) for n in range(3)]
+    again = [
+        draw_tasks(IDS, order=order, seed=3, number=n, count=8, solved=set()) for n in range(3)
+    ]
+    other = [
+        draw_tasks(IDS, order=order, seed=4, number=n, count=8, solved=set()) for n in range(3)
+    ]
+    assert draw == again != other
+    assert all(len(d) == len(set(d)) == 8 and set(d) <= set(IDS) for d in draw)
+
+
+def test_fresh_draws_without_replacement_until_every_task_was_drawn() -> None:
+    rounds = [
+        draw_tasks(IDS, order="fresh", seed=0, number=n, count=6, solved=set()) for n in range(3)
+    ]
+    drawn = [task for r in rounds for task in r]
+    assert len(drawn) == len(set(drawn)) == 18  # 3 rounds of 6 from 20: none twice
+    fourth = draw_tasks(IDS, order="fresh", seed=0, number=3, count=6, solved=set())
+    assert set(IDS) - set(drawn) <= set(fourth)  # the 2 left come before any task again
+
+
+def test_unsolved_prefers_tasks_without_an_accepted_sample() -> None:
+    solved = set(range(1, 15))
+    drawn = draw_tasks(IDS, order="unsolved", seed=0, number=1, count=8, solved=solved)
+    assert set(range(15, 21)) <= set(drawn)  # all 6 unsolved, then 2 solved ones
+    assert len(set(drawn) & solved) == 2
+    with pytest.raises(ValueError, match="task_order='best'"):
+        RunConfig(name="x", task_order="best")
+
+
+def test_runs_with_the_same_seed_edit_the_same_tasks(loop_env) -> None:  # type: ignore[no-untyped-def]
+    factory, _, _ = loop_env
+    for name in ("arm-a", "arm-b"):
+        config = RunConfig(name=name, rounds=2, tasks_per_round=3, task_order="fresh", seed=5,
+                           max_reflections=0, poll_interval_s=0.01)  # fmt: skip
+        run_loop(factory=factory, dispatcher=CeleryDispatcher(), config=config)
+    with factory() as session:
+        rows = session.execute(
+            select(Run.name, Round.number, Attempt.task_id)
+            .join(Round, Round.run_id == Run.id)
+            .join(Attempt, Attempt.round_id == Round.id)
+        ).all()
+    draws = {(name, number): set() for name, number, _ in rows}
+    for name, number, task in rows:
+        draws[(name, number)].add(task)
+    assert draws[("arm-a", 0)] == draws[("arm-b", 0)] and draws[("arm-a", 1)] == draws[("arm-b", 1)]
+    assert not draws[("arm-a", 0)] & draws[("arm-a", 1)]  # fresh: 6 tasks, 2 rounds of 3
