@@ -59,7 +59,8 @@ from store.models import (
     Task,
     TaskSource,
 )
-from store.objects import LocalStore, ObjectStore, S3Store, content_key
+from store.objects import LocalStore, ObjectStore, content_key
+from store.s3 import S3Store
 from store.taxonomy import Verdict
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -29,7 +29,8 @@ from migrations import upgrade
 from store.db import make_engine, make_session_factory
 from store.images import ImageLimits
 from store.models import Task
-from store.objects import LocalStore, ObjectStore, S3Store
+from store.objects import LocalStore, ObjectStore
+from store.s3 import S3Store
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 

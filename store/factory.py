@@ -2,7 +2,8 @@
 
 from pathlib import Path
 
-from store.objects import LocalStore, ObjectStore, S3Store
+from store.objects import LocalStore, ObjectStore
+from store.s3 import S3Store
 from store.settings import StoreSettings
 
 

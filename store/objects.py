@@ -1,22 +1,19 @@
-"""Object storage: one small protocol, a local-folder backend and an S3 backend (MinIO SDK)."""
+"""Object storage: one small protocol and the local-folder backend (`store/s3.py`: the S3 one)."""
 
 import hashlib
-import io
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Protocol, TypeVar
-
-import urllib3
-from minio import Minio
-from minio.error import S3Error
-
-from store.retry import with_retries
+from typing import BinaryIO, Protocol, TypeVar
 
 T = TypeVar("T")
+
+# Streams move this much at a time: a file of any size passes through a bounded buffer.
+CHUNK_SIZE = 1024 * 1024
 
 
 class ObjectNotFound(KeyError):
@@ -61,6 +58,63 @@ class ObjectStore(Protocol):
     def presigned_get(self, key: str, expires: timedelta = timedelta(hours=1)) -> str:
         """A URL from which `key` can be read without credentials until `expires`."""
 
+    def fput(self, key: str, path: Path, content_type: str = "application/octet-stream") -> str:
+        """Write the file at `path` under `key`, streamed (never whole in memory), atomically;
+        returns the SHA-256 (hex) of the bytes sent, hashed while streaming."""
+
+    def fget(self, key: str, path: Path) -> str:
+        """Write `key` to the file `path`, streamed, atomically (a temporary file renamed);
+        returns the SHA-256 (hex) of the bytes received. Raises `ObjectNotFound`."""
+
+    def copy(self, source: str, key: str) -> None:
+        """Copy the object `source` to `key` inside the store (no bytes through this process).
+        Raises `ObjectNotFound`."""
+
+
+class HashingReader:
+    """A binary file read through SHA-256: what the uploader reads is what gets hashed."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle = handle
+        self.digest = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.handle.read(size)
+        self.digest.update(data)
+        return data
+
+
+def copy_stream(read: Callable[[int], bytes], handle: BinaryIO) -> str:
+    """Copy chunks from `read` to `handle` until EOF; the SHA-256 of what was copied."""
+    digest = hashlib.sha256()
+    while chunk := read(CHUNK_SIZE):
+        digest.update(chunk)
+        handle.write(chunk)
+    return digest.hexdigest()
+
+
+def write_atomically(path: Path, fill: Callable[[BinaryIO], T]) -> T:
+    """Fill a temporary file next to `path` with `fill(handle)`, then rename it to `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            result = fill(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return result
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 (hex) of the file at `path`, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK_SIZE):
+            digest.update(chunk)
+    return digest.hexdigest()
+
 
 def content_key(data: bytes, *, prefix: str, ext: str) -> str:
     """The content address of `data`: `prefix/ab/<sha256>.ext` (two-character fan-out)."""
@@ -81,7 +135,7 @@ def put_content(
     return key
 
 
-def _validate_key(key: str) -> str:
+def validate_key(key: str) -> str:
     if not key or key.startswith("/") or ".." in key.split("/") or "\\" in key:
         raise ValueError(f"invalid object key {key!r}: use a relative '/'-separated path")
     return key
@@ -95,7 +149,7 @@ class LocalStore:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:
-        return self.root / _validate_key(key)
+        return self.root / validate_key(key)
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         path = self._path(key)
@@ -143,166 +197,33 @@ class LocalStore:
             raise ObjectNotFound(key)
         return self._path(key).as_uri()
 
+    def fput(self, key: str, path: Path, content_type: str = "application/octet-stream") -> str:
+        target = self._path(key)
+        with Path(path).open("rb") as source:
+            return write_atomically(target, lambda handle: copy_stream(source.read, handle))
 
-# S3 error codes worth retrying; anything else is a real answer from the server.
-_TRANSIENT_S3_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout"}
-
-
-# Answers that no retry changes: the credentials are wrong (raised on the first try).
-_CREDENTIAL_S3_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidSecurity"}
-
-
-def _is_transient_s3_error(exc: Exception) -> bool:
-    if isinstance(exc, S3Error):
-        return exc.code in _TRANSIENT_S3_CODES
-    return isinstance(exc, urllib3.exceptions.HTTPError | OSError)
-
-
-class S3Store:
-    """Objects in one bucket of an S3 endpoint (MinIO or any S3), through the `minio` SDK."""
-
-    def __init__(
-        self,
-        *,
-        endpoint: str,
-        access_key: str,
-        secret_key: str,
-        bucket: str,
-        secure: bool = False,
-        region: str | None = None,
-        create_bucket: bool = True,
-        retries: int = 5,
-        backoff_s: float = 0.5,
-        timeout_s: float = 10.0,
-    ) -> None:
-        self.endpoint = endpoint
-        self.bucket = bucket
-        self.retries = retries
-        self.backoff_s = backoff_s
-        # The SDK's default pool retries for minutes; we retry ourselves, with a bound.
-        http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s * 3),
-            retries=urllib3.Retry(total=0, connect=0, read=0, redirect=0),
-            maxsize=16,
-        )
-        self.client = Minio(
-            endpoint,
-            access_key=access_key,
-            secret_key=secret_key,
-            secure=secure,
-            region=region,
-            http_client=http,
-        )
-        self._create_bucket = create_bucket
-        self._bucket_checked = False
-
-    def _call(self, what: str, fn: Callable[[], T]) -> T:
-        """Run one SDK call with exponential backoff on transient failures."""
-        self._ensure_bucket()
-        return self._retry(what, fn)
-
-    def _retry(self, what: str, fn: Callable[[], T]) -> T:
+    def fget(self, key: str, path: Path) -> str:
         try:
-            return with_retries(
-                fn,
-                transient=_is_transient_s3_error,
-                retries=self.retries,
-                backoff_s=self.backoff_s,
-                what=f"S3 {what}",
-            )
-        except S3Error as exc:
-            if exc.code in _CREDENTIAL_S3_CODES:
-                raise StoreUnavailable(
-                    f"S3 endpoint {self.endpoint} refused {what}: {exc.code} ({exc.message}); "
-                    "check EDITLOOP_STORE__S3_ACCESS_KEY and EDITLOOP_STORE__S3_SECRET_KEY"
-                ) from None
-            if exc.code == "AccessDenied":
-                raise StoreUnavailable(
-                    f"S3 endpoint {self.endpoint} refused {what}: access denied; the credentials "
-                    f"in EDITLOOP_STORE__S3_ACCESS_KEY need read and write access to bucket "
-                    f"{self.bucket!r} (EDITLOOP_STORE__S3_BUCKET)"
-                ) from None
+            source = self._path(key).open("rb")
+        except (FileNotFoundError, IsADirectoryError):
+            raise ObjectNotFound(key) from None
+        with source:
+            return write_atomically(Path(path), lambda handle: copy_stream(source.read, handle))
+
+    def copy(self, source: str, key: str) -> None:
+        origin, target = self._path(source), self._path(key)
+        if not origin.is_file():
+            raise ObjectNotFound(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".tmp-{os.getpid()}-{id(target)}"
+        try:
+            # A hard link costs no bytes; `put` never writes into an existing file (it renames a
+            # new one over it), so the two keys never change each other.
+            os.link(origin, tmp)
+        except OSError:
+            shutil.copyfile(origin, tmp)
+        try:
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
             raise
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise StoreUnavailable(
-                f"S3 endpoint {self.endpoint} did not answer {what} after "
-                f"{self.retries + 1} tries ({type(exc).__name__}: {exc}); check that the "
-                "server is running and EDITLOOP_STORE__S3_ENDPOINT is right"
-            ) from exc
-
-    def _ensure_bucket(self) -> None:
-        if self._bucket_checked:
-            return
-        if not self._retry("bucket_exists", lambda: self.client.bucket_exists(self.bucket)):
-            if not self._create_bucket:
-                raise StoreUnavailable(
-                    f"bucket {self.bucket!r} does not exist at {self.endpoint}; create it or set "
-                    "EDITLOOP_STORE__CREATE_BUCKET=true"
-                )
-            try:
-                self._retry("make_bucket", lambda: self.client.make_bucket(self.bucket))
-            except S3Error as exc:
-                if exc.code not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
-                    raise
-        self._bucket_checked = True
-
-    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
-        _validate_key(key)
-        self._call(
-            f"put {key}",
-            lambda: self.client.put_object(
-                self.bucket, key, io.BytesIO(data), len(data), content_type=content_type
-            ),
-        )
-
-    def get(self, key: str) -> bytes:
-        def read() -> bytes:
-            response = self.client.get_object(self.bucket, key)
-            try:
-                return response.read()
-            finally:
-                response.close()
-                response.release_conn()
-
-        try:
-            return self._call(f"get {key}", read)
-        except S3Error as exc:
-            if exc.code == "NoSuchKey":
-                raise ObjectNotFound(key) from None
-            raise
-
-    def stat(self, key: str) -> ObjectInfo:
-        try:
-            info = self._call(f"stat {key}", lambda: self.client.stat_object(self.bucket, key))
-        except S3Error as exc:
-            if exc.code in {"NoSuchKey", "NoSuchObject", "NotFound"}:
-                raise ObjectNotFound(key) from None
-            raise
-        return ObjectInfo(
-            key=key,
-            size=info.size or 0,
-            content_type=info.content_type,
-            modified=info.last_modified,
-        )
-
-    def exists(self, key: str) -> bool:
-        try:
-            self.stat(key)
-        except ObjectNotFound:
-            return False
-        return True
-
-    def delete(self, key: str) -> None:
-        self._call(f"delete {key}", lambda: self.client.remove_object(self.bucket, key))
-
-    def list(self, prefix: str = "") -> Iterator[str]:
-        objects = self._call(
-            f"list {prefix}",
-            lambda: list(self.client.list_objects(self.bucket, prefix=prefix, recursive=True)),
-        )
-        yield from sorted(obj.object_name for obj in objects if obj.object_name)
-
-    def presigned_get(self, key: str, expires: timedelta = timedelta(hours=1)) -> str:
-        if not self.exists(key):
-            raise ObjectNotFound(key)
-        return self.client.presigned_get_object(self.bucket, key, expires=expires)

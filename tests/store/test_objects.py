@@ -3,6 +3,7 @@
 import hashlib
 import threading
 import time
+import tracemalloc
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +16,7 @@ from store.objects import (
     ObjectStore,
     StoreUnavailable,
     content_key,
+    file_sha256,
     put_content,
 )
 from tests.fixtures.services import MotoProcess, free_port, make_s3_store
@@ -128,3 +130,73 @@ def test_s3_retries_until_the_endpoint_comes_back(moto_process: MotoProcess) -> 
     store.put("after", b"2")
     restart.join()
     assert store.get("after") == b"2"
+
+
+# ---- streamed files (checkpoints): fput, fget, copy ---------------------------------------------
+
+
+def test_fput_fget_stream_files_and_hash_what_passed(
+    object_store: ObjectStore, tmp_path: Path
+) -> None:
+    # Larger than one streaming chunk and than S3's minimum part: a multipart upload on S3.
+    data = bytes(range(256)) * (7 * 1024 * 1024 // 256 + 3)
+    source = tmp_path / "weights.bin"
+    source.write_bytes(data)
+    digest = hashlib.sha256(data).hexdigest()
+    assert object_store.fput("ckpt/weights.bin", source) == digest
+    assert object_store.stat("ckpt/weights.bin").size == len(data)
+    target = tmp_path / "fetched" / "weights.bin"
+    assert object_store.fget("ckpt/weights.bin", target) == digest
+    assert target.read_bytes() == data
+    assert file_sha256(target) == digest
+    assert not [p for p in target.parent.iterdir() if p.name.startswith(".tmp-")]
+    with pytest.raises(ObjectNotFound):
+        object_store.fget("ckpt/missing.bin", tmp_path / "nothing")
+    assert not (tmp_path / "nothing").exists()
+    with pytest.raises(FileNotFoundError):
+        object_store.fput("ckpt/x", tmp_path / "no-such-file")
+
+
+def test_copy_is_inside_the_store_and_independent_of_its_source(
+    object_store: ObjectStore,
+) -> None:
+    object_store.put("staging/a.bin", b"first")
+    object_store.copy("staging/a.bin", "final/a.bin")
+    assert object_store.get("final/a.bin") == b"first"
+    # Each key is its own object: replacing or deleting the source leaves the copy as it was.
+    object_store.put("staging/a.bin", b"second")
+    object_store.delete("staging/a.bin")
+    assert object_store.get("final/a.bin") == b"first"
+    with pytest.raises(ObjectNotFound):
+        object_store.copy("staging/missing", "final/b")
+
+
+@pytest.mark.parametrize("backend", ["local", pytest.param("s3", marks=pytest.mark.services)])
+def test_streaming_keeps_a_large_file_out_of_memory(backend: str, tmp_path: Path) -> None:
+    """A 64 MiB file goes up and down with at most 32 MiB of Python allocations (tracemalloc;
+    S3 holds up to three 5 MiB parts and their request copies, ~20 MiB); the S3 server runs in
+    its own process so that only this side is measured."""
+    size, cap = 64 * 1024 * 1024, 32 * 1024 * 1024
+    source = tmp_path / "big.bin"
+    with source.open("wb") as handle:
+        for index in range(size // (1024 * 1024)):
+            handle.write(bytes([index % 251]) * (1024 * 1024))
+    server = None
+    if backend == "local":
+        store: ObjectStore = LocalStore(tmp_path / "objects")
+    else:
+        server = MotoProcess()
+        server.start()
+        store = make_s3_store(server.endpoint, part_size=5 * 1024 * 1024, parallel_uploads=2)
+        store.put("warm-up", b"")  # bucket created outside the measurement
+    try:
+        tracemalloc.start()
+        sent = store.fput("big.bin", source)
+        received = store.fget("big.bin", tmp_path / "back.bin")
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    finally:
+        if server is not None:
+            server.stop()
+    assert sent == received == file_sha256(source)
+    assert peak < cap, f"peak {peak / 2**20:.1f} MiB"

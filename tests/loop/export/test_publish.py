@@ -22,7 +22,7 @@ from migrations import upgrade
 from store.db import make_engine, make_session_factory
 from store.keys import EXPORT_STAGING_PREFIX
 from store.models import Export
-from store.objects import S3Store
+from store.s3 import S3Store
 from tests.loop.export.conftest import ExportEnv, folder_digest, manifest_verifies
 from tests.loop.export.seed import seed_export_data
 
