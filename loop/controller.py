@@ -1,25 +1,30 @@
 """The round controller: the one place where the loop's control flow lives.
 
-Every decision is read from the database (counts and states of attempts), never from Celery
-results: pick tasks → create attempts → dispatch → follow reflections and restarts → re-dispatch
-what lapsed → when all is terminal, compute metrics → maybe queue training. Running it again
-with the same run name resumes where it stopped and repeats nothing that finished.
+Every decision is read from the database (counts and states of attempts, the workers'
+heartbeats), never from Celery results: pick tasks → create attempts → dispatch, at most
+`max_in_flight` batches per live worker → follow reflections and restarts → send again what is
+lost (`loop.liveness`) → when all is terminal, compute metrics → maybe queue training → open the
+next round, after the training jobs that its pipeline depth waits for. Running it again with the
+same run name resumes where it stopped and repeats nothing that finished.
 """
 
 import hashlib
 import logging
 import random
 import time
+import uuid
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Protocol
 
 from kombu.exceptions import OperationalError as KombuOperationalError
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from loop.checkpoints import latest_promoted
+from loop.liveness import EDIT_QUEUE, JUDGE_QUEUE, SentAttempt, WorkerState, is_lost, live_workers
 from loop.metrics import round_metrics, round_records
 from store.db import insert_ignore, with_db_retry
 from store.models import (
@@ -32,12 +37,21 @@ from store.models import (
     RunStatus,
     Task,
     TrainJob,
+    TrainJobStatus,
+    Worker,
     utcnow,
 )
 from store.taxonomy import Verdict
 
 log = logging.getLogger(__name__)
 TERMINAL = (AttemptStatus.JUDGED, AttemptStatus.FAILED)
+IN_FLIGHT = (AttemptStatus.DISPATCHED, AttemptStatus.EDITED)
+UNFINISHED_JOBS = (TrainJobStatus.QUEUED, TrainJobStatus.RUNNING)
+UNSENT_JUDGE = "edited, judge message to send"
+IN_FLIGHT_BATCHES = "batches in flight"
+# How often (seconds) the controller reads the heartbeats and the stop flag at most: reading
+# them on every pass would cost more than the passes themselves at a short poll interval.
+LIVENESS_EVERY_S = 1.0
 TASK_ORDERS = ("random", "fresh", "unsolved")
 
 
@@ -51,8 +65,16 @@ class RunConfig:
     tasks_per_round: int = 8  # tasks drawn (seeded) per round
     max_reflections: int = 2  # extra tries per sample after the first (ReasonEdit: 2)
     batch_size: int = 8  # attempt ids per edit task
-    dispatch_timeout_s: float = 900.0  # an attempt not edited+judged by then is re-sent
+    # Pickup timeout: a sent batch that no worker took while a live one was free this long is
+    # lost and sent again (in-process: counted from the send). See `loop.liveness`.
+    dispatch_timeout_s: float = 120.0
     max_dispatches: int = 3  # sends per attempt before it ends Failed
+    max_in_flight: int = 2  # batches queued or running per live worker (flow control)
+    heartbeat_timeout_s: float = 30.0  # a worker silent this long is dead: its batch is resent
+    # None: a round never waits for training; 0: round N+1 opens when every training job queued
+    # before it ended (sequential); d: while at most d of them run, and batches not yet started
+    # switch to each checkpoint promoted meanwhile (staleness <= d checkpoints).
+    pipeline_depth: int | None = None
     poll_interval_s: float = 0.5  # how often the controller reads the state
     train_min_new_samples: int = 0  # queue a train_job when the pool grew by this (0: never)
     heldout_origin: str = "heldout"  # tasks of this origin are the gate's, never edited in rounds
@@ -62,6 +84,10 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.task_order not in TASK_ORDERS:
             raise ValueError(f"task_order={self.task_order!r}: one of {', '.join(TASK_ORDERS)}")
+        if self.pipeline_depth is not None and self.pipeline_depth < 0:
+            raise ValueError(f"pipeline_depth={self.pipeline_depth}: 0 (sequential) or more")
+        if self.max_in_flight < 1:
+            raise ValueError(f"max_in_flight={self.max_in_flight}: at least 1 batch per worker")
 
 
 class Dispatcher(Protocol):
@@ -71,9 +97,9 @@ class Dispatcher(Protocol):
     # the controller can be holding an attempt it finds dispatched.
     in_process: bool
 
-    def send_edit(self, attempt_ids: Sequence[int]) -> None: ...
+    def send_edit(self, attempt_ids: Sequence[int], batch: str) -> None: ...
 
-    def send_judge(self, attempt_ids: Sequence[int]) -> None: ...
+    def send_judge(self, attempt_ids: Sequence[int], batch: str) -> None: ...
 
 
 def attempt_seed(run_seed: int, round_number: int, task_id: int, sample: int, depth: int) -> int:
@@ -119,6 +145,8 @@ def run_loop(
     if dispatcher.in_process:
         _release_in_process_attempts(factory, run_id)
     for number in range(stored.rounds):
+        if stored.pipeline_depth is not None and number > 0:
+            _wait_for_training(factory, run_id, number, stored, retries=retries)
         round_id, finished = _open_round(factory, run_id, number, stored)
         if finished:
             continue
@@ -131,21 +159,61 @@ def run_loop(
 
 
 def _release_in_process_attempts(factory: sessionmaker[Session], run_id: int) -> None:
-    """Make the run's attempts left dispatched by an in-process controller that stopped (Ctrl-C,
-    a crash) due at once: no worker outside this process can hold them, so waiting out their
-    deadline would only idle."""
+    """Send again at once the run's attempts left in flight by an in-process controller that
+    stopped (Ctrl-C, a crash): no worker outside this process can hold them, so waiting out their
+    pickup timeout would only idle."""
     with factory() as session, session.begin():
         rounds = select(Round.id).where(Round.run_id == run_id)
         released = session.execute(
             update(Attempt)
-            .where(
-                Attempt.round_id.in_(rounds),
-                Attempt.status.in_((AttemptStatus.DISPATCHED, AttemptStatus.EDITED)),
-            )
-            .values(dispatch_deadline=utcnow())
+            .where(Attempt.round_id.in_(rounds), Attempt.status == AttemptStatus.DISPATCHED)
+            .values(status=AttemptStatus.PENDING, batch=None, started_at=None)
+        ).rowcount
+        released += session.execute(
+            update(Attempt)
+            .where(Attempt.round_id.in_(rounds), Attempt.status == AttemptStatus.EDITED)
+            .values(batch=None, started_at=None)
         ).rowcount
     if released:
-        log.info("re-dispatching %d attempts left in flight by the last run", released)
+        log.info("sending again %d attempts left in flight by the last run", released)
+
+
+def _wait_for_training(
+    factory: sessionmaker[Session], run_id: int, number: int, config: RunConfig, *, retries: int
+) -> None:
+    """Before round `number` opens: wait until at most `pipeline_depth` of the run's training jobs
+    are unfinished (0: all ended, so the round edits with what they promoted). Raises
+    `RunStopped` when the run is stopped meanwhile."""
+
+    def state() -> tuple[bool, int, RunStatus | None]:
+        with factory() as session:
+            opened = session.scalar(
+                select(Round.id).where(Round.run_id == run_id, Round.number == number)
+            )
+            unfinished = session.scalar(
+                select(func.count())
+                .select_from(TrainJob)
+                .where(TrainJob.run_id == run_id, TrainJob.status.in_(UNFINISHED_JOBS))
+            )
+            return opened is not None, unfinished or 0, session.get_one(Run, run_id).status
+
+    depth = config.pipeline_depth or 0
+    told = False
+    while True:
+        opened, unfinished, status = with_db_retry(
+            state, retries=retries, what="reading the training jobs"
+        )
+        if opened or unfinished <= depth:
+            return
+        if status == RunStatus.STOPPED:
+            raise RunStopped(config.name)
+        if not told:
+            log.info(
+                "round %d waits for %d training job(s) of the run to end (pipeline depth %d): "
+                "is `editloop trainer` running?", number, unfinished - depth, depth,
+            )  # fmt: skip
+            told = True
+        time.sleep(config.poll_interval_s)
 
 
 def _open_round(
@@ -256,6 +324,33 @@ def draw_tasks(
     return sorted(chosen)
 
 
+@dataclass
+class RoundProgress:
+    """What the passes over one round remember, so that a pass that finds nothing new costs one
+    query: the judged count follow-ups were created for, the live workers (read at most once a
+    second), and when liveness was last checked."""
+
+    judged: int = -1
+    checked_at: float = float("-inf")  # time.monotonic() of the last liveness check
+    live: int = 0  # live workers at `live_at`
+    live_at: float = float("-inf")
+    warned_at: float = float("-inf")  # of the last "no live worker" warning
+
+    def live_workers(self, factory: sessionmaker[Session], config: RunConfig) -> int:
+        """How many workers are live (cached for `LIVENESS_EVERY_S`)."""
+        if time.monotonic() - self.live_at >= LIVENESS_EVERY_S:
+            with factory() as session:
+                self.live = len(
+                    live_workers(
+                        _worker_states(session),
+                        now=utcnow(),
+                        heartbeat_timeout_s=config.heartbeat_timeout_s,
+                    )
+                )
+            self.live_at = time.monotonic()
+        return self.live
+
+
 def drive_round(
     factory: sessionmaker[Session],
     dispatcher: Dispatcher,
@@ -266,16 +361,23 @@ def drive_round(
 ) -> dict[str, float]:
     """Advance the round until every attempt is terminal; store and return its metrics. Raises
     `RunStopped` when the run was stopped meanwhile."""
+    progress = RoundProgress()
+    stop_checked = float("-inf")
     while True:
         state = with_db_retry(
-            lambda: advance_round(factory, dispatcher, round_id, config),
+            lambda: advance_round(factory, dispatcher, round_id, config, progress),
             retries=retries,
             what="advancing the round",
         )
         if state == "finished":
             break
-        if with_db_retry(lambda: _stopped(factory, round_id), retries=retries, what="a stop check"):
-            raise RunStopped(config.name)
+        # Read at most once a second, but always after a pass that changed something.
+        if state == "progress" or time.monotonic() - stop_checked >= LIVENESS_EVERY_S:
+            stop_checked = time.monotonic()
+            if with_db_retry(
+                lambda: _stopped(factory, round_id), retries=retries, what="a stop check"
+            ):
+                raise RunStopped(config.name)
         if state == "waiting":
             time.sleep(config.poll_interval_s)
     return finish_round(factory, round_id)
@@ -290,24 +392,68 @@ def _stopped(factory: sessionmaker[Session], round_id: int) -> bool:
 
 
 def advance_round(
-    factory: sessionmaker[Session], dispatcher: Dispatcher, round_id: int, config: RunConfig
+    factory: sessionmaker[Session],
+    dispatcher: Dispatcher,
+    round_id: int,
+    config: RunConfig,
+    progress: RoundProgress | None = None,
 ) -> str:
-    """One pass: follow-ups, dispatch, re-dispatch. Returns `finished`, `progress` or `waiting`."""
-    created = _create_follow_ups(factory, round_id, config)
-    sent = _dispatch_pending(factory, dispatcher, round_id, config)
-    resent = _redispatch_lapsed(factory, dispatcher, round_id, config)
-    with factory() as session:
-        open_attempts = session.scalar(
-            select(func.count())
-            .select_from(Attempt)
-            .where(Attempt.round_id == round_id, Attempt.status.not_in(TERMINAL))
-        )
-    if not open_attempts:
+    """One pass: follow-ups, what is lost sent again, dispatch within the flow-control bound.
+    Returns `finished`, `progress` or `waiting`."""
+    progress = progress if progress is not None else RoundProgress()
+    counts = _status_counts(factory, round_id)
+    created = recovered = 0
+    if counts[AttemptStatus.JUDGED] != progress.judged:
+        progress.judged = counts[AttemptStatus.JUDGED]
+        created = _create_follow_ups(factory, round_id, config)
+    in_flight = counts[AttemptStatus.DISPATCHED] + counts[AttemptStatus.EDITED]
+    now = time.monotonic()
+    if in_flight and (dispatcher.in_process or now - progress.checked_at >= LIVENESS_EVERY_S):
+        progress.checked_at = now
+        recovered = _recover_lost(factory, round_id, config, in_process=dispatcher.in_process)
+    sent = 0
+    if created or recovered or counts[AttemptStatus.PENDING] or counts[UNSENT_JUDGE]:
+        if dispatcher.in_process:
+            # No bound: a send runs its batch inline, whose verdicts may call for follow-ups.
+            sent = _dispatch(factory, dispatcher, round_id, config, capacity=None)
+            if sent:
+                created += _create_follow_ups(factory, round_id, config)
+        else:
+            live = progress.live_workers(factory, config)
+            free = config.max_in_flight * live - counts[IN_FLIGHT_BATCHES]
+            if free > 0:
+                sent = _dispatch(factory, dispatcher, round_id, config, capacity=free)
+            elif not live:
+                _warn_no_worker(round_id, config, progress)
+    if not (in_flight or counts[AttemptStatus.PENDING] or created or recovered or sent):
         # Work that finished during this pass (inline, when eager) may call for follow-ups.
         if not _create_follow_ups(factory, round_id, config):
             return "finished"
         return "progress"
-    return "progress" if created or sent or resent else "waiting"
+    return "progress" if created or sent or recovered else "waiting"
+
+
+def _status_counts(factory: sessionmaker[Session], round_id: int) -> dict[str, int]:
+    """The round's attempts by status; `UNSENT_JUDGE`: edited ones with no judge message;
+    `IN_FLIGHT_BATCHES`: the messages its attempts are queued or running in (flow control)."""
+    counts: dict[str, int] = dict.fromkeys([*AttemptStatus, UNSENT_JUDGE, IN_FLIGHT_BATCHES], 0)
+    with factory() as session:
+        for status, n, batched, batches in session.execute(
+            select(
+                Attempt.status,
+                func.count(),
+                func.count(Attempt.batch),
+                func.count(func.distinct(Attempt.batch)),
+            )
+            .where(Attempt.round_id == round_id)
+            .group_by(Attempt.status)
+        ):
+            counts[status] = n
+            if status == AttemptStatus.EDITED:
+                counts[UNSENT_JUDGE] = n - batched
+            if status in IN_FLIGHT:
+                counts[IN_FLIGHT_BATCHES] += batches
+    return counts
 
 
 def _create_follow_ups(factory: sessionmaker[Session], round_id: int, config: RunConfig) -> int:
@@ -317,6 +463,8 @@ def _create_follow_ups(factory: sessionmaker[Session], round_id: int, config: Ru
     `Reflection` edits the parent's output with the revised instruction; `Failed` restarts from
     the source with the original instruction. Every child is still judged against the original.
     """
+    if config.max_reflections <= 0:
+        return 0  # no attempt has tries left
     child = aliased(Attempt)
     with factory() as session, session.begin():
         rows = session.execute(
@@ -362,85 +510,186 @@ def _create_follow_ups(factory: sessionmaker[Session], round_id: int, config: Ru
         )
 
 
-def _dispatch_pending(
-    factory: sessionmaker[Session], dispatcher: Dispatcher, round_id: int, config: RunConfig
+def _dispatch(
+    factory: sessionmaker[Session],
+    dispatcher: Dispatcher,
+    round_id: int,
+    config: RunConfig,
+    *,
+    capacity: int | None,
 ) -> int:
-    """Mark pending attempts dispatched (with a deadline) and send them in batches.
+    """Send up to `capacity` batches (None: all): first edited attempts whose judge message was
+    lost, then pending ones. Returns how many attempts were sent.
 
-    The database is written first: if sending fails, the deadline lapses and they are re-sent.
+    The database is written first (a batch id per message): if a send fails, the batch is never
+    picked up and `_recover_lost` sends it again.
     """
+    now = utcnow()
+    messages: list[tuple[str, str, list[int]]] = []  # (queue, batch, attempt ids)
     with factory() as session, session.begin():
-        ids = list(
-            session.scalars(
+        for status, queue in (
+            (AttemptStatus.EDITED, JUDGE_QUEUE),
+            (AttemptStatus.PENDING, EDIT_QUEUE),
+        ):
+            left = None if capacity is None else capacity - len(messages)
+            if left == 0:
+                break
+            query = (
                 select(Attempt.id)
-                .where(Attempt.round_id == round_id, Attempt.status == AttemptStatus.PENDING)
+                .where(Attempt.round_id == round_id, Attempt.status == status)
                 .order_by(Attempt.id)
                 .with_for_update(skip_locked=True)
             )
-        )
-        if ids:
-            session.execute(
+            if status == AttemptStatus.EDITED:
+                query = query.where(Attempt.batch.is_(None))
+            if left is not None:
+                query = query.limit(left * config.batch_size)
+            ids = list(session.scalars(query))
+            if not ids:
+                continue
+            batches = {}
+            for start in range(0, len(ids), config.batch_size):
+                chunk, batch = ids[start : start + config.batch_size], uuid.uuid4().hex[:16]
+                batches.update(dict.fromkeys(chunk, batch))
+                messages.append((queue, batch, chunk))
+            session.execute(  # one statement for every batch of this queue
                 update(Attempt)
-                .where(Attempt.id.in_(ids))
+                .where(Attempt.id.in_(ids), Attempt.status == status)
                 .values(
-                    status=AttemptStatus.DISPATCHED,
+                    status=AttemptStatus.DISPATCHED if queue == EDIT_QUEUE else status,
+                    batch=case(batches, value=Attempt.id) if len(ids) > config.batch_size
+                    else next(iter(batches.values())),
+                    dispatched_at=now,
+                    dispatch_deadline=now + timedelta(seconds=config.dispatch_timeout_s),
                     dispatch_count=Attempt.dispatch_count + 1,
-                    dispatch_deadline=utcnow() + timedelta(seconds=config.dispatch_timeout_s),
+                    started_at=None,
                 )
+            )  # fmt: skip
+    for queue, batch, chunk in messages:
+        _send(dispatcher.send_edit if queue == EDIT_QUEUE else dispatcher.send_judge, chunk, batch)
+    return sum(len(chunk) for _, _, chunk in messages)
+
+
+def _worker_states(session: Session) -> list[WorkerState]:
+    return [
+        WorkerState(
+            name=w.name,
+            queues=tuple(q.strip() for q in w.queues.split(",")),
+            beat_at=w.beat_at,
+            busy_since=w.busy_since,
+            idle_since=w.idle_since,
+            stopped_at=w.stopped_at,
+            started_at=w.started_at,
+        )
+        for w in session.execute(
+            select(
+                Worker.name,
+                Worker.queues,
+                Worker.beat_at,
+                Worker.busy_since,
+                Worker.idle_since,
+                Worker.stopped_at,
+                Worker.started_at,
             )
-    _send(dispatcher.send_edit, ids, config.batch_size)
-    return len(ids)
+        )
+    ]
 
 
-def _redispatch_lapsed(
-    factory: sessionmaker[Session], dispatcher: Dispatcher, round_id: int, config: RunConfig
+def _warn_no_worker(round_id: int, config: RunConfig, progress: RoundProgress) -> None:
+    """Say (once a minute) that attempts wait because no worker is live."""
+    if time.monotonic() - progress.warned_at < 60:
+        return
+    progress.warned_at = time.monotonic()
+    log.warning(
+        "round %d: no live worker (none beat within %g s); attempts wait: start one with "
+        "`editloop worker` (`editloop workers` lists them)",
+        round_id, config.heartbeat_timeout_s,
+    )  # fmt: skip
+
+
+def _recover_lost(
+    factory: sessionmaker[Session], round_id: int, config: RunConfig, *, in_process: bool
 ) -> int:
-    """Re-send attempts whose deadline passed without a result; past the cap they end Failed."""
+    """Make the round's lost attempts (`loop.liveness.is_lost`) due again: an edit goes back to
+    pending, an edited attempt waits for a new judge message; past `max_dispatches` sends it ends
+    Failed. Each update is guarded by what was read (status, batch, start), so a worker that
+    finished meanwhile keeps its result. Returns how many were recovered or failed."""
     now = utcnow()
     with factory() as session, session.begin():
-        lapsed = session.scalars(
-            select(Attempt)
-            .where(
+        rows = session.execute(
+            select(
+                Attempt.id, Attempt.status, Attempt.batch, Attempt.dispatched_at, Attempt.worker,
+                Attempt.started_at, Attempt.dispatch_count,
+            ).where(
                 Attempt.round_id == round_id,
-                Attempt.status.in_((AttemptStatus.DISPATCHED, AttemptStatus.EDITED)),
-                Attempt.dispatch_deadline < now,
+                Attempt.status.in_(IN_FLIGHT),
+                (Attempt.status == AttemptStatus.DISPATCHED) | Attempt.batch.is_not(None),
             )
-            .with_for_update(skip_locked=True)
-        ).all()
-        to_edit, to_judge = [], []
-        for attempt in lapsed:
-            if attempt.dispatch_count >= config.max_dispatches:
-                attempt.status = AttemptStatus.FAILED
-                attempt.verdict = Verdict.FAILED
-                attempt.error = (
-                    f"no result after {attempt.dispatch_count} dispatches of "
-                    f"{config.dispatch_timeout_s:g} s (message lost or worker died)"
+        ).all()  # fmt: skip
+        workers = {} if in_process else {w.name: w for w in _worker_states(session)}
+        lost = [
+            row
+            for row in rows
+            if is_lost(
+                SentAttempt(
+                    queue=EDIT_QUEUE if row.status == AttemptStatus.DISPATCHED else JUDGE_QUEUE,
+                    batch=row.batch,
+                    dispatched_at=row.dispatched_at,
+                    worker=row.worker,
+                    started_at=row.started_at,
+                ),
+                workers,
+                now=now,
+                heartbeat_timeout_s=config.heartbeat_timeout_s,
+                pickup_timeout_s=config.dispatch_timeout_s,
+                in_process=in_process,
+            )
+        ]
+        groups: dict[tuple[object, ...], list[int]] = defaultdict(list)
+        for row in lost:
+            spent = row.dispatch_count >= config.max_dispatches
+            groups[(row.status, row.batch, row.started_at, spent)].append(row.id)
+        changed = 0
+        for (status, batch, started_at, spent), ids in groups.items():
+            values: dict[str, object] = {"batch": None, "started_at": None}
+            if spent:
+                values |= {
+                    "status": AttemptStatus.FAILED,
+                    "verdict": Verdict.FAILED,
+                    "error": f"no result after {config.max_dispatches} dispatches (message lost "
+                    "or worker died each time; `editloop workers` shows their heartbeats)",
+                }
+            elif status == AttemptStatus.DISPATCHED:
+                values["status"] = AttemptStatus.PENDING
+            changed += session.execute(
+                update(Attempt)
+                .where(
+                    Attempt.id.in_(ids),
+                    Attempt.status == status,
+                    Attempt.batch.is_(None) if batch is None else Attempt.batch == batch,
+                    Attempt.started_at.is_(None)
+                    if started_at is None
+                    else Attempt.started_at == started_at,
                 )
-                continue
-            attempt.dispatch_count += 1
-            attempt.dispatch_deadline = now + timedelta(seconds=config.dispatch_timeout_s)
-            (to_edit if attempt.status == AttemptStatus.DISPATCHED else to_judge).append(attempt.id)
-    if to_edit or to_judge:
-        log.warning("re-dispatching %d edits and %d judgments", len(to_edit), len(to_judge))
-    _send(dispatcher.send_edit, to_edit, config.batch_size)
-    _send(dispatcher.send_judge, to_judge, config.batch_size)
-    return len(lapsed)
+                .values(**values)
+            ).rowcount
+    if changed:
+        log.warning("%d attempts of round %d were lost (a worker died, or a message was): "
+                    "sending them again", changed, round_id)  # fmt: skip
+    return changed
 
 
-def _send(send: Callable[[Sequence[int]], None], ids: list[int], batch_size: int) -> None:
-    for start in range(0, len(ids), batch_size):
-        batch = ids[start : start + batch_size]
-        try:
-            send(batch)
-        except (KombuOperationalError, OSError) as exc:
-            # A broker that is down must not stop the controller: the attempts keep their
-            # deadline and are re-sent when it lapses. (Other errors, e.g. a model that fails to
-            # load in eager mode, are the user's to see at once.)
-            log.warning(
-                "the broker did not take %d attempts (%s); they are re-sent when their deadline "
-                "lapses: is the broker at EDITLOOP_WORKER__BROKER_URL running?",
-                len(batch), exc,
-            )  # fmt: skip
+def _send(send: Callable[[Sequence[int], str], None], ids: list[int], batch: str) -> None:
+    try:
+        send(ids, batch)
+    except (KombuOperationalError, OSError) as exc:
+        # A broker that is down must not stop the controller: the batch is never picked up, and
+        # is sent again once a free worker did not receive it for the pickup timeout. (Other
+        # errors, e.g. a model that fails to load in eager mode, are the user's to see at once.)
+        log.warning(
+            "the broker did not take a batch of %d attempts (%s); it is sent again later: is the "
+            "broker at EDITLOOP_WORKER__BROKER_URL running?", len(ids), exc,
+        )  # fmt: skip
 
 
 def finish_round(factory: sessionmaker[Session], round_id: int) -> dict[str, float]:

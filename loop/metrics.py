@@ -45,6 +45,8 @@ class AttemptRecord:
     reason: str | None = None  # the verdict rule's "<code>: <detail>"
     reflector_tag: str | None = None  # Success | Failed | Reflection | Invalid; None: none asked
     override_verdict: str | None = None  # a reviewer's verdict beside the judge's
+    checkpoint_id: int | None = None  # the checkpoint it edited with (None: base)
+    staleness: int | None = None  # checkpoints behind (see `staleness_figures`); None: not edited
 
 
 def _rate(part: float, whole: float) -> float:
@@ -91,6 +93,7 @@ def round_metrics(records: list[AttemptRecord], *, wall_seconds: float) -> dict[
     for depth in range(max((r.depth for r in records), default=0) + 1):
         metrics[f"chains/success_after_{depth}"] = _rate(first_success[depth], len(chains))
     metrics.update(judge_health(records))
+    metrics.update(staleness_figures(records))
     metrics["edit/gpu_seconds"] = sum(r.edit_seconds or 0.0 for r in records)
     metrics["judge/gpu_seconds"] = sum(r.judge_seconds or 0.0 for r in records)
     metrics["accepted/gpu_seconds_per_sample"] = _rate(
@@ -121,6 +124,23 @@ def judge_health(records: list[AttemptRecord]) -> dict[str, float]:
         "judge/overrides": len(overrides),
         "judge/disagreements": disagreements,
         "judge/disagreement_rate": _rate(disagreements, len(judgments)),
+    }
+
+
+def staleness_figures(records: list[AttemptRecord]) -> dict[str, float]:
+    """How stale the checkpoints edited with were, over the attempts a worker started editing.
+
+    An attempt's staleness counts the run's training jobs queued before its round opened whose
+    result its checkpoint lacks (still training, or promoted a newer one): 0 in sequential rounds,
+    at most the pipeline depth in pipelined ones (`editloop run --pipeline-depth`).
+    """
+    stale = [r.staleness for r in records if r.staleness is not None]
+    return {
+        "staleness/edits": len(stale),
+        "staleness/max": max(stale, default=0),
+        "staleness/mean": _rate(sum(stale), len(stale)),
+        "staleness/stale_rate": _rate(sum(1 for s in stale if s > 0), len(stale)),
+        "checkpoints/used": len({r.checkpoint_id for r in records if r.staleness is not None}),
     }
 
 
@@ -174,6 +194,8 @@ def round_records(session: Session, *, round_id: int) -> list[AttemptRecord]:
             reason=j.reason if j else None,
             reflector_tag=j.reflector_tag if j else None,
             override_verdict=j.override_verdict.value if j and j.override_verdict else None,
+            checkpoint_id=a.checkpoint_id,
+            staleness=a.staleness,
         )
         for a, edit_type, j in rows
     ]

@@ -190,9 +190,17 @@ class Attempt(Base):
     dispatch_count: Mapped[int] = mapped_column(Integer, default=0)
     dispatch_deadline: Mapped[datetime | None]
     edit_seconds: Mapped[float | None] = mapped_column(Float)
-    # The edit worker that last started it, and when (a killed worker's attempts name it).
+    # The worker that last started a stage of it (edit, then judge), and when; `started_at` is
+    # cleared when it is sent to the next stage (a killed worker's attempts still name it).
     worker: Mapped[str | None] = mapped_column(String(128))
     started_at: Mapped[datetime | None]
+    # The message it was last sent in (a stage acts only on attempts of the batch it was sent),
+    # and when (migration 0006): what flow control counts and liveness times.
+    batch: Mapped[str | None] = mapped_column(String(32))
+    dispatched_at: Mapped[datetime | None]
+    # Training jobs of its run, queued before its round opened, whose checkpoint it did not edit
+    # with (unfinished, or promoted after the one it used); set when a worker starts its edit.
+    staleness: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -281,6 +289,29 @@ class TrainJob(Base):
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Worker(Base):
+    """An `editloop worker` process as its heartbeat reports it (migration 0006): what it
+    consumes, where it runs, the editor checkpoint it holds, whether it is busy, its last beat."""
+
+    __tablename__ = "worker"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)  # the Celery node name
+    queues: Mapped[str] = mapped_column(String(128))  # comma-separated
+    device: Mapped[str] = mapped_column(String(64), default="")
+    pid: Mapped[int] = mapped_column(Integer, default=0)
+    checkpoint: Mapped[str | None] = mapped_column(String(64))  # loaded editor version; None: none
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)  # this process started
+    beat_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Since when it runs its current task, or has been free to take one (neither: starting up,
+    # or stopped).
+    busy_since: Mapped[datetime | None]
+    idle_since: Mapped[datetime | None]
+    task: Mapped[str | None] = mapped_column(String(64))  # the task it runs now
+    tasks_done: Mapped[int] = mapped_column(Integer, default=0)
+    stopped_at: Mapped[datetime | None]  # it exited (cleanly, or by its watchdog)
 
 
 class TaskSource(Base):

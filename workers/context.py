@@ -26,6 +26,7 @@ class ModelCache:
     load_judges: JudgeLoader
     _editor: Editor | None = None
     _editor_checkpoint: int | None = None
+    _editor_version: str | None = None
     _judges: tuple[Scorer, Reflector | None] | None = None
 
     def editor(self, checkpoint: Checkpoint | None) -> Editor:
@@ -36,7 +37,13 @@ class ModelCache:
             # full editors alive for longer than the swap.
             self._editor = self.load_editor(self._editor, checkpoint)
             self._editor_checkpoint = wanted
+            self._editor_version = checkpoint.version if checkpoint is not None else "base"
         return self._editor
+
+    @property
+    def loaded_checkpoint(self) -> str | None:
+        """The version of the editor checkpoint loaded ("base"), None before the first edit."""
+        return self._editor_version if self._editor is not None else None
 
     def judges(self) -> tuple[Scorer, Reflector | None]:
         """The scorer and the reflector (None when the run uses the scorer alone)."""

@@ -13,8 +13,8 @@ class CeleryDispatcher:
         """Whether the tasks run inline (Celery's eager mode) instead of through a broker."""
         return bool(edit_batch.app.conf.task_always_eager)
 
-    def send_edit(self, attempt_ids: Sequence[int]) -> None:
-        edit_batch.apply_async(args=[list(attempt_ids)])
+    def send_edit(self, attempt_ids: Sequence[int], batch: str) -> None:
+        edit_batch.apply_async(args=[list(attempt_ids), batch])
 
-    def send_judge(self, attempt_ids: Sequence[int]) -> None:
-        judge_batch.apply_async(args=[list(attempt_ids)])
+    def send_judge(self, attempt_ids: Sequence[int], batch: str) -> None:
+        judge_batch.apply_async(args=[list(attempt_ids), batch])

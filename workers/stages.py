@@ -5,19 +5,33 @@ updates are conditional on that status, so a redelivered or re-dispatched batch 
 that was already done. Objects are written before the rows that point at them.
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from PIL import Image
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, case, select, update
+from sqlalchemy.orm import Session
 
 from policies.types import EditRequest, EditResult
 from rewards.types import JudgeItem
 from rewards.verdict import decide_verdict, image_change
-from store.db import insert_ignore, with_db_retry
+from store.db import with_db_retry
 from store.images import ImageError, decode_image, encode_png
 from store.keys import EDIT_PREFIX
-from store.models import Attempt, AttemptStatus, Checkpoint, Judgment, Round, Run, Task, utcnow
+from store.models import (
+    Attempt,
+    AttemptStatus,
+    Checkpoint,
+    CheckpointStatus,
+    Judgment,
+    Round,
+    Run,
+    Task,
+    TrainJob,
+    utcnow,
+)
 from store.objects import ObjectNotFound, put_content
 from store.taxonomy import EditType, Verdict
 from workers.context import WorkerContext
@@ -37,25 +51,53 @@ class _EditWork:
     checkpoint_id: int | None
 
 
-def edit_attempts(context: WorkerContext, attempt_ids: list[int]) -> list[int]:
-    """Edit the dispatched attempts among `attempt_ids`; returns the ids that are now edited."""
+def edit_attempts(
+    context: WorkerContext, attempt_ids: list[int], batch: str | None = None
+) -> list[int]:
+    """Edit the dispatched attempts among `attempt_ids` that were sent in `batch` (None: any);
+    returns the ids that are now edited."""
 
     def load() -> tuple[list[_EditWork], dict[int, Checkpoint]]:
+        guard = _sent_in(attempt_ids, batch, AttemptStatus.DISPATCHED)
         with context.session_factory() as session, session.begin():
-            session.execute(
-                update(Attempt)
-                .where(Attempt.id.in_(attempt_ids), Attempt.status == AttemptStatus.DISPATCHED)
-                .values(worker=context.worker_name, started_at=utcnow())
-            )
-            rows = session.scalars(
-                select(Attempt)
-                .where(Attempt.id.in_(attempt_ids), Attempt.status == AttemptStatus.DISPATCHED)
+            rows = session.execute(
+                select(
+                    Attempt.id, Attempt.input_key, Attempt.instruction, Attempt.seed,
+                    Attempt.checkpoint_id, Round.run_id, Round.started_at, Run.config,
+                )
+                .join(Round, Round.id == Attempt.round_id)
+                .join(Run, Run.id == Round.run_id)
+                .where(*guard)
                 .order_by(Attempt.id)
-            ).all()
+            ).all()  # fmt: skip
+            if not rows:
+                return [], {}
+            chosen = choose_checkpoints(
+                session, [StartingAttempt(r.id, r.checkpoint_id, r.run_id, r.started_at,
+                                          r.config) for r in rows]
+            )  # fmt: skip
+            started = set(
+                session.scalars(
+                    update(Attempt)
+                    .where(*guard, Attempt.id.in_(list(chosen)))
+                    .values(
+                        worker=context.worker_name,
+                        started_at=utcnow(),
+                        dispatch_deadline=None,
+                        checkpoint_id=_by_id({i: c for i, (c, _) in chosen.items()}),
+                        staleness=_by_id({i: n for i, (_, n) in chosen.items()}),
+                    )
+                    .returning(Attempt.id)
+                )
+            )
             work = [
-                _EditWork(a.id, a.input_key, a.instruction, a.seed, a.checkpoint_id) for a in rows
+                _EditWork(r.id, r.input_key, r.instruction, r.seed, chosen[r.id][0])
+                for r in rows
+                if r.id in started
             ]
             ids = {w.checkpoint_id for w in work if w.checkpoint_id is not None}
+            if not ids:
+                return work, {}
             checkpoints = {
                 c.id: c for c in session.scalars(select(Checkpoint).where(Checkpoint.id.in_(ids)))
             }
@@ -66,11 +108,102 @@ def edit_attempts(context: WorkerContext, attempt_ids: list[int]) -> list[int]:
     for checkpoint_id in sorted({w.checkpoint_id or 0 for w in work}):
         group = [w for w in work if (w.checkpoint_id or 0) == checkpoint_id]
         editor = context.models.editor(checkpoints.get(checkpoint_id))
-        edited += _edit_group(context, group, editor.edit)
+        edited += _edit_group(context, group, editor.edit, batch)
     return edited
 
 
-def _edit_group(context: WorkerContext, group: list[_EditWork], edit) -> list[int]:  # type: ignore[no-untyped-def]
+def _sent_in(
+    attempt_ids: list[int], batch: str | None, status: AttemptStatus
+) -> list[ColumnElement[bool]]:
+    """The attempts among `attempt_ids` in `status` that belong to the message `batch`: one sent
+    before the controller sent them again (a redelivery of a dead worker's task) acts on none."""
+    guard = [Attempt.id.in_(attempt_ids), Attempt.status == status]
+    if batch is not None:
+        guard.append(Attempt.batch == batch)
+    return guard
+
+
+def _mark_started(
+    session: Session, context: WorkerContext, guard: list[ColumnElement[bool]]
+) -> None:
+    # Who holds them from now on: the controller leaves them alone while this worker beats.
+    session.execute(
+        update(Attempt)
+        .where(*guard)
+        .values(worker=context.worker_name, started_at=utcnow(), dispatch_deadline=None)
+    )
+
+
+@dataclass(frozen=True)
+class StartingAttempt:
+    """An attempt a worker is about to edit, as choosing its checkpoint needs it."""
+
+    id: int
+    checkpoint_id: int | None  # the round's (or the parent's)
+    run_id: int
+    round_started: datetime
+    run_config: dict[str, Any]
+
+
+def choose_checkpoints(
+    session: Session, attempts: list[StartingAttempt]
+) -> dict[int, tuple[int | None, int]]:
+    """The checkpoint each starting attempt edits with, and its staleness, by attempt id.
+
+    A pipelined run (`pipeline_depth` >= 1) edits with the latest promoted checkpoint, so batches
+    not yet started switch to one promoted mid-round; other runs keep the round's. Staleness: the
+    run's training jobs queued before the round opened whose result the checkpoint lacks.
+    """
+    latest = session.scalar(
+        select(Checkpoint.id)
+        .where(Checkpoint.status == CheckpointStatus.PROMOTED)
+        .order_by(Checkpoint.id.desc())
+        .limit(1)
+    )
+    jobs: dict[tuple[int, datetime], list[JobOutcome]] = {}
+    chosen = {}
+    for attempt in attempts:
+        checkpoint_id = attempt.checkpoint_id
+        depth = attempt.run_config.get("pipeline_depth")
+        if depth is not None and depth >= 1 and latest is not None:
+            checkpoint_id = latest
+        key = (attempt.run_id, attempt.round_started)
+        if key not in jobs:
+            jobs[key] = [
+                JobOutcome(status.value, job_checkpoint, promoted == CheckpointStatus.PROMOTED)
+                for status, job_checkpoint, promoted in session.execute(
+                    select(TrainJob.status, TrainJob.checkpoint_id, Checkpoint.status)
+                    .outerjoin(Checkpoint, Checkpoint.id == TrainJob.checkpoint_id)
+                    .where(TrainJob.run_id == attempt.run_id, TrainJob.created_at < key[1])
+                )
+            ]
+        chosen[attempt.id] = (checkpoint_id, staleness(jobs[key], checkpoint_id))
+    return chosen
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """A training job as staleness needs it."""
+
+    status: str
+    checkpoint_id: int | None
+    promoted: bool  # its checkpoint is promoted
+
+
+def staleness(jobs: list[JobOutcome], checkpoint_id: int | None) -> int:
+    """How many of `jobs` (queued before the round opened) an edit with `checkpoint_id` does
+    not reflect: still queued or running, or promoted a newer checkpoint than it (ids grow)."""
+    return sum(
+        1
+        for job in jobs
+        if job.status in ("queued", "running")
+        or (job.promoted and (job.checkpoint_id or 0) > (checkpoint_id or 0))
+    )
+
+
+def _edit_group(
+    context: WorkerContext, group: list[_EditWork], edit, batch: str | None
+) -> list[int]:  # type: ignore[no-untyped-def]
     failures: dict[int, str] = {}
     requests: list[tuple[_EditWork, EditRequest]] = []
     for item in group:
@@ -98,23 +231,31 @@ def _edit_group(context: WorkerContext, group: list[_EditWork], edit) -> list[in
         outputs[item.attempt_id] = (key, share)
 
     def record() -> list[int]:
-        done = []
-        deadline = utcnow() + timedelta(seconds=context.judge_timeout_s)
+        if not outputs:
+            return []
+        now = utcnow()
+        # One statement for the batch; it also claims the attempts for this message, so that its
+        # judge message acts on them even if the controller sent them again meanwhile.
+        moved = {"batch": batch} if batch is not None else {}
         with context.session_factory() as session, session.begin():
-            for attempt_id, (key, seconds) in outputs.items():
-                changed = session.execute(
+            return list(
+                session.scalars(
                     update(Attempt)
-                    .where(Attempt.id == attempt_id, Attempt.status == AttemptStatus.DISPATCHED)
+                    .where(
+                        Attempt.id.in_(list(outputs)), Attempt.status == AttemptStatus.DISPATCHED
+                    )
                     .values(
                         status=AttemptStatus.EDITED,
-                        output_key=key,
-                        edit_seconds=seconds,
-                        dispatch_deadline=deadline,
+                        output_key=_by_id({i: key for i, (key, _) in outputs.items()}),
+                        edit_seconds=_by_id({i: seconds for i, (_, seconds) in outputs.items()}),
+                        started_at=None,
+                        dispatched_at=now,
+                        dispatch_deadline=now + timedelta(seconds=context.judge_timeout_s),
+                        **moved,
                     )
-                ).rowcount
-                if changed:
-                    done.append(attempt_id)
-        return done
+                    .returning(Attempt.id)
+                )
+            )
 
     done = with_db_retry(record, retries=context.retries, what="recording edits")
     if failures:
@@ -132,20 +273,23 @@ class _JudgeWork:
     tries_left: int
 
 
-def judge_attempts(context: WorkerContext, attempt_ids: list[int]) -> list[int]:
-    """Judge the edited attempts among `attempt_ids` against the original source and instruction.
-
-    Returns the ids that are now judged.
+def judge_attempts(
+    context: WorkerContext, attempt_ids: list[int], batch: str | None = None
+) -> list[int]:
+    """Judge the edited attempts among `attempt_ids` sent in `batch` (None: any) against the
+    original source and instruction. Returns the ids that are now judged.
     """
 
     def load() -> list[_JudgeWork]:
-        with context.session_factory() as session:
+        guard = _sent_in(attempt_ids, batch, AttemptStatus.EDITED)
+        with context.session_factory() as session, session.begin():
+            _mark_started(session, context, guard)
             rows = session.execute(
                 select(Attempt, Task, Run.config)
                 .join(Task, Attempt.task_id == Task.id)
                 .join(Round, Attempt.round_id == Round.id)
                 .join(Run, Round.run_id == Run.id)
-                .where(Attempt.id.in_(attempt_ids), Attempt.status == AttemptStatus.EDITED)
+                .where(*guard)
                 .order_by(Attempt.id)
             ).all()
             return [
@@ -221,17 +365,20 @@ def judge_attempts(context: WorkerContext, attempt_ids: list[int]) -> list[int]:
         )
 
     def record() -> list[int]:
-        done = []
+        if not rows:
+            return []
+        verdicts = {row["attempt_id"]: row["verdict"] for row in rows}
         with context.session_factory() as session, session.begin():
-            for row in rows:
-                changed = session.execute(
+            done = list(
+                session.scalars(
                     update(Attempt)
-                    .where(Attempt.id == row["attempt_id"], Attempt.status == AttemptStatus.EDITED)
-                    .values(status=AttemptStatus.JUDGED, verdict=row["verdict"])
-                ).rowcount
-                if changed:
-                    insert_ignore(session, Judgment, [row], conflict_columns=["attempt_id"])
-                    done.append(row["attempt_id"])
+                    .where(Attempt.id.in_(list(verdicts)), Attempt.status == AttemptStatus.EDITED)
+                    .values(status=AttemptStatus.JUDGED, verdict=_by_id(verdicts))
+                    .returning(Attempt.id)
+                )
+            )
+            judged = set(done)
+            _insert_judgments(session, [row for row in rows if row["attempt_id"] in judged])
         return done
 
     done = with_db_retry(record, retries=context.retries, what="recording judgments")
@@ -245,11 +392,32 @@ def _fail(context: WorkerContext, failures: dict[int, str], *, expected: Attempt
 
     def record() -> None:
         with context.session_factory() as session, session.begin():
-            for attempt_id, error in failures.items():
-                session.execute(
-                    update(Attempt)
-                    .where(Attempt.id == attempt_id, Attempt.status == expected)
-                    .values(status=AttemptStatus.FAILED, verdict=Verdict.FAILED, error=error)
-                )
+            session.execute(
+                update(Attempt)
+                .where(Attempt.id.in_(list(failures)), Attempt.status == expected)
+                .values(status=AttemptStatus.FAILED, verdict=Verdict.FAILED, error=_by_id(failures))
+            )
 
     with_db_retry(record, retries=context.retries, what="recording failures")
+
+
+def _insert_judgments(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Insert judgments, skipping any that exist, as one executemany (a compiled statement that
+    is cached, unlike a multi-row VALUES of as many parameters as the batch has rows)."""
+    if not rows:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    statement = insert(Judgment).on_conflict_do_nothing(index_elements=["attempt_id"])
+    session.execute(statement, rows)
+
+
+def _by_id(values: Mapping[int, Any]) -> Any:
+    """A per-attempt value in one UPDATE: CASE attempt.id WHEN 1 THEN ... END (the value itself
+    when every attempt gets the same)."""
+    distinct = set(values.values())
+    if len(distinct) == 1:
+        return distinct.pop()
+    return case(dict(values), value=Attempt.id)

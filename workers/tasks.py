@@ -16,14 +16,15 @@ _RETRY = {
 
 
 @shared_task(name="editloop.edit_batch", ignore_result=True, **_RETRY)
-def edit_batch(attempt_ids: list[int]) -> None:
-    """Edit a batch of dispatched attempts, then send the edited ones to the judge queue."""
-    edited = edit_attempts(get_worker_context(), attempt_ids)
+def edit_batch(attempt_ids: list[int], batch: str | None = None) -> None:
+    """Edit a batch of dispatched attempts, then send the edited ones to the judge queue (the
+    same batch: one message in flight per batch, as flow control counts)."""
+    edited = edit_attempts(get_worker_context(), attempt_ids, batch)
     if edited:
-        judge_batch.delay(edited)
+        judge_batch.delay(edited, batch)
 
 
 @shared_task(name="editloop.judge_batch", ignore_result=True, **_RETRY)
-def judge_batch(attempt_ids: list[int]) -> None:
+def judge_batch(attempt_ids: list[int], batch: str | None = None) -> None:
     """Judge a batch of edited attempts; the controller reads the verdicts from the database."""
-    judge_attempts(get_worker_context(), attempt_ids)
+    judge_attempts(get_worker_context(), attempt_ids, batch)

@@ -48,6 +48,7 @@ from loop.admin.queries.common import BadValue, NotFound
 from loop.admin.queries.runs import list_rounds, list_runs, round_detail, run_detail
 from loop.admin.queries.samples import SampleFilter, list_samples, referenced_key, sample_detail
 from loop.admin.queries.train_jobs import list_train_jobs, train_job_detail
+from loop.admin.queries.workers import list_workers
 from loop.admin.records import (
     CheckpointDetail,
     CheckpointPage,
@@ -59,6 +60,7 @@ from loop.admin.records import (
     SamplePage,
     TrainJobDetail,
     TrainJobPage,
+    WorkerPage,
     WriteResult,
 )
 from loop.admin.settings import AdminSettings
@@ -81,6 +83,7 @@ class AdminContext:
     store: ObjectStore
     work_dir: Path | None  # the trainers' job folders, for launcher log tails
     thumbnails: ThumbnailCache
+    heartbeat_timeout_s: float = 30.0  # a worker silent this long is shown lapsed
 
     def session(self) -> Session:
         """A session for reads."""
@@ -120,6 +123,7 @@ def create_app(
         store=store,
         work_dir=settings.training.work_dir or settings.data_dir / "training",
         thumbnails=ThumbnailCache(int(admin.thumbnail_cache_mb * 1024 * 1024)),
+        heartbeat_timeout_s=settings.worker.heartbeat_timeout_s,
     )
     app = FastAPI(
         title="editloop admin",
@@ -272,6 +276,16 @@ def _api_router(context: AdminContext, read_access: Any, write_access: Any) -> A
         with context.session() as session:
             detail = train_job_detail(session, job_id=job_id, work_dir=context.work_dir)
         return json_response(detail)
+
+    @reads.get(
+        "/workers",
+        response_model=WorkerPage,
+        summary="Worker processes as their heartbeats report them, live ones first",
+    )
+    def workers() -> Response:
+        with context.session() as session:
+            page = list_workers(session, heartbeat_timeout_s=context.heartbeat_timeout_s)
+        return json_response(page)
 
     changes = APIRouter(prefix=API_PREFIX, tags=["write"], dependencies=[Depends(write_access)])
     responses: dict[int | str, dict[str, Any]] = {

@@ -19,6 +19,7 @@ from loop.admin.queries.common import BadValue
 from loop.admin.queries.runs import list_runs, round_detail, run_detail, run_names
 from loop.admin.queries.samples import SampleFilter, list_samples, sample_detail
 from loop.admin.queries.train_jobs import list_train_jobs, train_job_detail
+from loop.admin.queries.workers import list_workers
 from loop.admin.records import RunDetail
 from loop.metrics import VERDICTS
 from store.taxonomy import EditType
@@ -278,6 +279,12 @@ def page_router(context: Any) -> APIRouter:
         with context.session() as session:
             page = list_train_jobs(session, limit=settings.max_page_size, before=before)
         return render("train_jobs.html", page=page, nav="train-jobs")
+
+    @router.get("/workers")
+    def workers_page() -> HTMLResponse:
+        with context.session() as session:
+            page = list_workers(session, heartbeat_timeout_s=context.heartbeat_timeout_s)
+        return render("workers.html", page=page, nav="workers")
 
     @router.get("/train-jobs/{job_id}")
     def train_job_page(job_id: int) -> HTMLResponse:

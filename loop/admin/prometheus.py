@@ -59,7 +59,7 @@ class Figures:
     attempts_by_status: dict[str, int]
     verdicts: list[tuple[str, int, str, str, int]]  # run, round, edit type, verdict, count
     overrides: list[tuple[str, int, int, int]]  # run, round, overrides, disagreements
-    lapsed: int  # open attempts whose dispatch deadline passed
+    lapsed: int  # sent attempts not started by their pickup deadline
     train_jobs_by_status: dict[str, int]
     round_durations: list[tuple[str, int, float, bool]]
     edit_seconds: Histogram
@@ -155,7 +155,8 @@ def metric_families(figures: Figures) -> list[Metric]:
         backlog.add_metric([status.value], figures.attempts_by_status.get(status.value, 0))
     lapsed = GaugeMetricFamily(
         "editloop_dispatch_lapsed",
-        "Open attempts whose dispatch deadline passed (the controller re-sends them).",
+        "Sent attempts no worker has started within the pickup timeout (queued behind busy "
+        "workers, or lost: the controller sends those again when a worker is free).",
         value=figures.lapsed,
     )
     verdicts = GaugeMetricFamily(

@@ -313,6 +313,37 @@ class TrainJobDetail:
 
 
 @dataclass(frozen=True)
+class WorkerRow:
+    """A worker process as its heartbeat reports it (`state`: busy, idle, starting, stopped, or
+    lapsed: no beat within the heartbeat timeout, so what it held is being sent again)."""
+
+    name: str
+    state: str
+    live: bool
+    queues: str
+    device: str
+    pid: int
+    checkpoint: str | None  # the editor version loaded ("base"); None: none loaded yet
+    task: str | None  # the task it runs now
+    holding: int  # attempts it started that are not finished yet
+    tasks_done: int
+    started_at: datetime
+    beat_at: datetime
+    beat_age_s: float
+    busy_since: datetime | None
+    idle_since: datetime | None
+    stopped_at: datetime | None
+
+
+@dataclass(frozen=True)
+class WorkerPage:
+    items: list[WorkerRow]  # live ones first, then by name
+    total: int
+    live: int
+    heartbeat_timeout_s: float
+
+
+@dataclass(frozen=True)
 class WriteResult:
     """What a write did: `changed` is False when the state already was the one asked for."""
 

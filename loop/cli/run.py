@@ -78,6 +78,14 @@ def run(
         help="How rounds draw tasks: random (a new sample each round), fresh (no task twice "
         "before every task once), unsolved (tasks without an accepted sample first); new: random.",
     ),
+    pipeline_depth: int | None = typer.Option(
+        None,
+        min=0,
+        help="Overlap rounds with training: 0 opens each round once the run's training jobs "
+        "ended (sequential); 1 lets round N+1 edit while round N's job trains, switching batches "
+        "not yet started to each checkpoint promoted meanwhile (at most 1 checkpoint stale); "
+        "N allows N. Unset (new run): rounds never wait for training.",
+    ),
 ) -> None:
     """Run rounds of edit → judge → reflect; each round's metrics are stored and printed. A run
     stopped (Ctrl-C, a crash, an admin) resumes with `editloop run --name NAME`."""
@@ -94,7 +102,7 @@ def run(
     given = {
         "rounds": rounds, "samples_per_task": samples_per_task, "tasks_per_round": tasks,
         "max_reflections": max_reflections, "train_min_new_samples": train_every, "seed": seed,
-        "task_order": task_order,
+        "task_order": task_order, "pipeline_depth": pipeline_depth,
     }  # fmt: skip
     if name and not new and not any(v is not None for v in given.values()):
         with factory() as session:
@@ -111,6 +119,8 @@ def run(
         batch_size=settings.worker.edit_batch_size,
         dispatch_timeout_s=settings.worker.dispatch_timeout_s,
         max_dispatches=settings.worker.max_dispatches,
+        max_in_flight=settings.worker.max_in_flight,
+        heartbeat_timeout_s=settings.worker.heartbeat_timeout_s,
         heldout_origin=settings.training.eval_origin,
         **{"max_reflections": settings.judge.max_reflections}
         | {k: v for k, v in given.items() if v is not None},
@@ -153,20 +163,32 @@ worker_app = typer.Typer(
 def worker(
     ctx: typer.Context,
     queues: str = typer.Option("edit,judge", help="Comma-separated queues to consume."),
-    device: str = typer.Option("", help="Torch device for editor and judge, e.g. cuda:0."),
+    device: str = typer.Option(
+        "",
+        help="Torch device of the editor, e.g. cuda:0, and of the judge unless "
+        "EDITLOOP_JUDGE__DEVICE names its own.",
+    ),
     pool: str = typer.Option("solo", help="Celery pool: solo (one per GPU) or threads."),
     concurrency: int = typer.Option(1, min=1, help="Tasks at once (threads pool only)."),
     hostname: str = typer.Option("", help="Celery node name (default: editloop@<host>-<pid>)."),
     loglevel: str = typer.Option("INFO", help="Celery log level."),
 ) -> None:
-    """Start one worker process (one per GPU) that edits and/or judges attempts from the broker."""
+    """Start one worker process (one per GPU) that edits and/or judges attempts from the broker.
+
+    It keeps a row in the database that its heartbeat renews every EDITLOOP_WORKER__HEARTBEAT_S
+    (`editloop workers` lists them); a worker silent for EDITLOOP_WORKER__HEARTBEAT_TIMEOUT_S has
+    its batch sent again. Its watchdog exits the process when one task runs longer than
+    EDITLOOP_WORKER__TIME_LIMIT_S."""
+    from policies.devices import pin_cuda_device  # light: torch is imported only for cuda:N
+
+    pin_cuda_device(device)
     if ctx.invoked_subcommand is not None:
         return
     from celery.utils.nodenames import host_format
 
     from loop.runtime import build_worker_context
     from workers.app import check_broker, configure_celery
-    from workers.context import set_worker_context
+    from workers.process import run_worker
 
     settings = get_settings()
     if device:
@@ -179,29 +201,30 @@ def worker(
         settings = settings.model_copy(
             update={
                 "editor": settings.editor.model_copy(update={"device": device}),
-                "judge": settings.judge.model_copy(update={"device": device}),
+                "judge": settings.judge.model_copy(
+                    update={"device": settings.judge.device or device}
+                ),
             }
         )
     settings = settings.model_copy(
         update={"worker": settings.worker.model_copy(update={"eager": False})}
     )
     ensure_schema(settings)
-    # The node name as Celery expands it (%h: this host), also recorded on the attempts.
+    # The node name as Celery expands it (%h: this host), also recorded on the attempts and as
+    # the worker's row (its heartbeat).
     name = host_format(hostname or f"editloop@{socket.gethostname()}-{os.getpid()}")
-    set_worker_context(build_worker_context(settings, worker_name=name))
+    context = build_worker_context(settings, worker_name=name)
     celery = configure_celery(settings.worker)
     check_broker(celery, retries=settings.store.retries, backoff_s=settings.store.backoff_s)
-    celery.worker_main(
-        [
-            "worker",
-            f"--queues={queues}",
-            f"--pool={pool}",
-            f"--concurrency={concurrency}",
-            f"--hostname={name}",
-            f"--loglevel={loglevel}",
-            "--without-gossip",
-            "--without-mingle",
-        ]
+    run_worker(
+        celery,
+        context,
+        settings.worker,
+        queues=queues,
+        device=device or settings.editor.device,
+        pool=pool,
+        concurrency=concurrency,
+        loglevel=loglevel,
     )
 
 
@@ -224,3 +247,36 @@ def ping(
     if not any(name in reply for reply in replies):
         raise UserError(f"worker {name} did not answer a ping within {timeout:g} s")
     typer.echo(f"{name}: pong")
+
+
+def workers(
+    as_json: bool = typer.Option(
+        False, "--json", help="Print JSON (what the API answers) instead of a table."
+    ),
+) -> None:
+    """The worker processes as their heartbeats report them: live or not, queues, device, the
+    checkpoint loaded, busy or idle, tasks done, last beat (`editloop worker` starts one)."""
+    from loop.admin.queries.workers import list_workers
+    from loop.admin.records import dumps
+
+    settings = get_settings()
+    ensure_schema(settings)
+    with open_database(settings)() as session:
+        page = list_workers(session, heartbeat_timeout_s=settings.worker.heartbeat_timeout_s)
+    if as_json:
+        print(dumps(page))
+        return
+    table = Table(title=f"workers ({page.live} live of {page.total})")
+    for column in ("name", "state", "queues", "device", "checkpoint", "tasks", "last beat"):
+        table.add_column(column, justify="right" if column == "tasks" else "left")
+    for row in page.items:
+        table.add_row(
+            row.name,
+            row.state if not row.task else f"{row.state}: {row.task}",
+            row.queues,
+            row.device or "–",
+            row.checkpoint or "–",
+            str(row.tasks_done),
+            f"{row.beat_age_s:.0f} s ago",
+        )
+    console.print(table)

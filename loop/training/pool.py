@@ -64,6 +64,8 @@ class PoolRecord:
     # The datasets the task arrived from, with their licences ("" when none was given); empty
     # for a task without `task_source` rows (its `origin` stands for its dataset).
     sources: tuple[tuple[str, str], ...] = ()
+    # Promoted checkpoints behind the newest when it was edited (pipelined rounds); None: unknown.
+    staleness: int | None = None
 
 
 @dataclass(frozen=True)
@@ -328,6 +330,7 @@ def iter_pool_records(
                 preservation=judgment.score_preservation,
                 overall=judgment.overall,
                 sources=sources.get(task.id, ()),
+                staleness=attempt.staleness,
             )
         after = page[-1][0].id
 
@@ -340,6 +343,16 @@ def load_pool_records(session: Session, pool_filter: PoolFilter) -> list[PoolRec
 def pool_examples(session: Session, pool_filter: PoolFilter) -> list[Example]:
     """The filter's training examples, read from the database."""
     return select_examples(load_pool_records(session, pool_filter), pool_filter)
+
+
+def staleness_of(records: Iterable[PoolRecord], pool_filter: PoolFilter) -> dict[str, float]:
+    """How stale the accepted edits a job trains on are (checkpoints behind, see
+    `loop.metrics.staleness_figures`): the most and the mean, over those that record it."""
+    stale = [r.staleness for r in records if accepted(r, pool_filter) and r.staleness is not None]
+    return {
+        "train/staleness_max": float(max(stale, default=0)),
+        "train/staleness_mean": sum(stale) / len(stale) if stale else 0.0,
+    }
 
 
 def count_by_kind(examples: Sequence[Example]) -> dict[str, int]:

@@ -2,7 +2,7 @@
 
 import pytest
 from alembic import command
-from sqlalchemy import inspect
+from sqlalchemy import inspect, select
 from sqlalchemy.exc import IntegrityError
 
 from migrations import alembic_config, downgrade, upgrade
@@ -11,7 +11,7 @@ from store.models import Attempt, Base, Round, Run, Task
 
 TABLES = {
     "task", "task_source", "run", "round", "attempt", "judgment", "checkpoint", "train_job",
-    "export",
+    "export", "worker",
 }  # fmt: skip
 
 
@@ -73,3 +73,27 @@ def test_idempotency_keys_are_unique_constraints(db_url: str) -> None:
                 }
             )
         )
+
+
+def test_0006_gives_finished_rounds_the_staleness_their_rows_give(db_url: str) -> None:
+    from loop.metrics import AttemptRecord, staleness_figures
+
+    upgrade(db_url, "0005")
+    factory = make_session_factory(make_engine(db_url))
+    with factory() as session, session.begin():
+        run = Run(name="before")
+        session.add(run)
+        session.flush()
+        session.add(
+            Round(run_id=run.id, number=0, status="finished", metrics={"attempts/total": 1})
+        )
+    upgrade(db_url)
+    with factory() as session:
+        metrics = session.scalars(select(Round.metrics)).one()
+    # What the metrics give for attempts edited before 0006 (no staleness recorded).
+    before = AttemptRecord(task_id=1, sample_index=0, depth=0, edit_type="alter",
+                           status="judged", verdict="Success")  # fmt: skip
+    assert metrics == {"attempts/total": 1} | staleness_figures([before])
+    downgrade(db_url, "0005")
+    with factory() as session:
+        assert session.scalars(select(Round.metrics)).one() == {"attempts/total": 1}

@@ -13,6 +13,7 @@ from loop.training.pool import (
     load_pool_records,
     pool_examples,
     select_examples,
+    staleness_of,
 )
 from migrations import upgrade
 from store.db import make_engine, make_session_factory
@@ -188,3 +189,20 @@ def test_a_reviewer_override_wins_over_the_judge(db_url: str, tmp_path: Path) ->
         records = {r.attempt_id: r.verdict for r in load_pool_records(session, PoolFilter())}
     assert rejected not in chosen and kept in chosen and parent in chosen
     assert records[parent] == "Success" and rejected not in records
+
+
+def test_staleness_of_the_accepted_edits_a_job_trains_on() -> None:
+    records = [
+        replace(BASE, attempt_id=1, verdict="Success", staleness=0),
+        replace(BASE, attempt_id=2, verdict="Success", staleness=2),
+        replace(BASE, attempt_id=3, verdict="Reflection", staleness=5),  # not accepted
+        replace(BASE, attempt_id=4, verdict="Success", staleness=None),  # edited before it counted
+    ]
+    assert staleness_of(records, PoolFilter()) == {
+        "train/staleness_max": 2.0,
+        "train/staleness_mean": 1.0,
+    }
+    assert staleness_of([], PoolFilter()) == {
+        "train/staleness_max": 0.0,
+        "train/staleness_mean": 0.0,
+    }
