@@ -42,10 +42,12 @@ from policies.training.data import (
     read_manifest,
     write_manifest,
 )
+from policies.training.distributed import setup_distributed
 from policies.training.objectives.ip2p import InstructPix2PixObjective
-from policies.training.recipe import setup_distributed, train
+from policies.training.recipe import train
 from store.images import encode_png
-from store.objects import LocalStore, ObjectStore, S3Store
+from store.objects import LocalStore, ObjectStore
+from store.s3 import S3Store
 
 SIDE = 64  # training resolution, pixels
 

@@ -3,15 +3,17 @@
 from pathlib import Path
 
 from loop.services import open_database, open_store
-from loop.settings import Settings
+from loop.settings import Settings, SettingsError
 from loop.training.jobs import TrainerParts
+from loop.training.models import GateModels
 from policies.checkpoints import fetch_checkpoint
 from policies.editor import BASE_VERSION, InstructionEditor
 from policies.pixel_editor import PixelEditor, PixelEditorModel, is_pixel_editor
 from policies.tiny import ensure_tiny_editor
 from policies.training.settings import TrainingSettings
 from policies.types import Editor
-from rewards.factory import judge_model_dir, load_judges, verdict_thresholds
+from rewards.factory import judge_model_dir, load_judges, reflector_problem, verdict_thresholds
+from rewards.settings import JudgeSettings
 from rewards.shapes_judge import ShapesReflector, ShapesScorer
 from rewards.types import Reflector, Scorer
 from store.models import Checkpoint
@@ -73,20 +75,43 @@ TINY_JUDGE_LIMITS = {
 }
 
 
-def load_model_judges(settings: Settings) -> tuple[Scorer, Reflector | None]:
-    """The scorer and the reflector the settings name (ImgEdit-Judge + ReasonEdit, or the shapes
-    world's exact judges)."""
+def judge_settings(settings: Settings) -> JudgeSettings:
+    """The judge section as a worker uses it: on the editor's device unless it names its own,
+    and the tiny judge's small limits when no model is given."""
     judge = settings.judge
-    if judge.backend == "shapes":
-        return ShapesScorer(), ShapesReflector()
+    if not judge.device:
+        judge = judge.model_copy(update={"device": settings.editor.device})
     if not judge.model:
         judge = judge.model_copy(update=TINY_JUDGE_LIMITS)
-    judges = load_judges(judge, judge_model_dir(judge, settings.data_dir))
+    return judge
+
+
+def load_model_judges(
+    settings: Settings, *, with_reflector: bool = True
+) -> tuple[Scorer, Reflector | None]:
+    """The scorer and the reflector the settings name (ImgEdit-Judge + ReasonEdit, or the shapes
+    world's exact judges); without `with_reflector` (the trainer's gate) no reflector is loaded."""
+    if settings.judge.backend == "shapes":
+        return ShapesScorer(), ShapesReflector() if with_reflector else None
+    judge = judge_settings(settings)
+    judges = load_judges(
+        judge, judge_model_dir(judge, settings.data_dir), with_reflector=with_reflector
+    )
     return judges.scorer, judges.reflector
 
 
+def check_judges(settings: Settings) -> None:
+    """Refuse, before any model is loaded, judge settings that cannot reflect (a real
+    ImgEdit-Judge without `judge.reflector_model`): `SettingsError` naming the setting."""
+    problem = reflector_problem(settings.judge)
+    if problem is not None:
+        raise SettingsError(problem)
+
+
 def build_worker_context(settings: Settings, worker_name: str = "in-process") -> WorkerContext:
-    """Database, store and lazily loaded models for one worker process (or the eager loop)."""
+    """Database, store and lazily loaded models for one worker process (or the eager loop);
+    refuses judge settings that cannot reflect (`check_judges`) before anything starts."""
+    check_judges(settings)
     store = open_store(settings)
     return WorkerContext(
         session_factory=open_database(settings),
@@ -104,11 +129,12 @@ def build_worker_context(settings: Settings, worker_name: str = "in-process") ->
 
 
 def build_trainer_parts(settings: Settings, training: TrainingSettings) -> TrainerParts:
-    """The trainer's parts from the settings: database, store, the editor and the scorer."""
+    """The trainer's parts from the settings: database, store, the gate's editor and scorer
+    (no reflector: the gate scores only), released after every job."""
     store = open_store(settings)
-    models = ModelCache(
+    models = GateModels(
         load_editor=lambda old, checkpoint: load_editor(settings, store, old, checkpoint),
-        load_judges=lambda: load_model_judges(settings),
+        load_scorer=lambda: load_model_judges(settings, with_reflector=False)[0],
     )
 
     def verify(folder: Path) -> None:
@@ -117,7 +143,7 @@ def build_trainer_parts(settings: Settings, training: TrainingSettings) -> Train
             PixelEditorModel.from_pretrained(folder)  # a pixel checkpoint is a whole editor
             return
         # Load the candidate into the base editor, then put the editor back on the base weights
-        # (the state the model cache believes it is in).
+        # (the state the model holder believes it is in).
         if not isinstance(editor, InstructionEditor):
             raise ValueError(f"cannot verify a checkpoint with a {type(editor).__name__}")
         editor.use_checkpoint("candidate-under-verification", folder)
@@ -132,5 +158,6 @@ def build_trainer_parts(settings: Settings, training: TrainingSettings) -> Train
         cache_dir=settings.data_dir / "checkpoint-cache",
         editor_for=models.editor,
         verify=verify,
-        load_scorer=lambda: models.judges()[0],
+        load_scorer=models.scorer,
+        release=models.release,
     )

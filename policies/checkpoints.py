@@ -103,12 +103,29 @@ def load_weights_in_place(module: torch.nn.Module, folder: Path) -> None:
                 targets[key].copy_(tensor)
 
 
+def download_prefix(store: ObjectStore, prefix: str, folder: Path) -> dict[str, str]:
+    """Stream every object under `prefix/` into `folder` (same relative paths), one file at a
+    time; returns {relative path: SHA-256 of the bytes received}. `FileNotFoundError` when
+    nothing is stored there."""
+    keys = list(store.list(prefix + "/"))
+    if not keys:
+        raise FileNotFoundError(f"no checkpoint in the object store under {prefix + '/'!r}")
+    digests = {}
+    for key in keys:
+        relative = key[len(prefix) + 1 :]
+        if any(part in {"", ".", ".."} for part in relative.split("/")):
+            raise ValueError(f"object key {key!r} does not name a file inside the checkpoint")
+        digests[relative] = store.fget(key, folder.joinpath(*relative.split("/")))
+    return digests
+
+
 def fetch_checkpoint(store: ObjectStore, prefix: str, cache_dir: Path) -> Path:
     """A local folder with the checkpoint stored under `prefix`, downloaded once into `cache_dir`.
 
     Published checkpoints never change (they are written under a temporary prefix and published
-    atomically), so a folder already in the cache is reused as is. The download goes to a temporary
-    folder renamed into place, so a crash never leaves a half checkpoint that looks complete.
+    atomically), so a folder already in the cache is reused as is. Files are streamed to disk
+    (a shard is never whole in memory) into a temporary folder renamed into place, so a crash
+    never leaves a half checkpoint that looks complete.
     Raises `FileNotFoundError` when nothing is stored under `prefix`.
     """
     prefix = prefix.strip("/")
@@ -118,19 +135,10 @@ def fetch_checkpoint(store: ObjectStore, prefix: str, cache_dir: Path) -> Path:
     target = cache_dir.joinpath(*parts)
     if target.is_dir():
         return target
-    keys = list(store.list(prefix + "/"))
-    if not keys:
-        raise FileNotFoundError(f"no checkpoint in the object store under {prefix + '/'!r}")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
     try:
-        for key in keys:
-            relative = key[len(prefix) + 1 :].split("/")
-            if any(part in {"", ".", ".."} for part in relative):
-                raise ValueError(f"object key {key!r} does not name a file inside the checkpoint")
-            path = staging.joinpath(*relative)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(store.get(key))
+        download_prefix(store, prefix, staging)
         try:
             os.replace(staging, target)
         except OSError:

@@ -86,13 +86,16 @@ class InstructionEditor:
             device=settings.device,
             dtype=settings.dtype,
             scheduler=settings.scheduler,
+            offload=settings.offload,
+            vae_slicing=settings.vae_slicing,
+            vae_tiling=settings.vae_tiling,
         )
         return cls(
             pipeline,
             spec=spec,
             model_dir=model_dir,
             knobs=knobs,
-            max_pixels=settings.max_pixels,
+            max_pixels=settings.max_pixels or spec.max_pixels,
             batch_size=settings.batch_size,
         )
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from diffusers import (
     DiffusionPipeline,
     FluxKontextPipeline,
@@ -20,6 +21,8 @@ from diffusers import (
     StableDiffusionInstructPix2PixPipeline,
 )
 from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit
+from diffusers.utils import convert_state_dict_to_diffusers
+from peft.utils import get_peft_model_state_dict
 
 from policies.qwen_processor import QwenImageEditProcessor
 
@@ -52,6 +55,15 @@ class PipelineSpec:
     arguments: Mapping[str, str]
     # The knob's usual value for this pipeline (its model card) when the settings leave it unset.
     defaults: Mapping[str, float] = field(default_factory=dict)
+    # The working-size cap (pixels) when the settings leave it unset: the resolution class the
+    # model was trained at.
+    max_pixels: int = 1024 * 1024
+    # The side (pixels) of the square whose area the training buckets may not exceed.
+    train_resolution: int = 1024
+    # The denoiser's layers a LoRA adapts (peft `target_modules`: name suffixes).
+    lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    # Whether training recomputes the denoiser's activations by default (transformers: yes).
+    gradient_checkpointing: bool = False
     # (working width, height, batch size, resolved knobs) -> the call's other arguments.
     batch_arguments: Callable[[int, int, int, Mapping[str, float]], dict[str, Any]] = (
         _no_batch_arguments
@@ -112,6 +124,21 @@ def _qwen_processor(model_dir: Path) -> dict[str, Any]:
     return {"processor": QwenImageEditProcessor.from_pretrained(model_dir / "processor")}
 
 
+# LoRA on the transformer editors: the image stream's and the text stream's attention projections
+# and both streams' feed-forward layers (diffusers' FLUX.1 Kontext LoRA script adapts these, and
+# the single-stream blocks' MLP input too); attention alone leaves most of the capacity frozen.
+_FLUX_LORA_TARGETS = (
+    "to_q", "to_k", "to_v", "to_out.0",
+    "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+    "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2",
+    "proj_mlp",
+)  # fmt: skip
+_QWEN_LORA_TARGETS = (
+    "to_q", "to_k", "to_v", "to_out.0",
+    "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+    "img_mlp.net.0.proj", "img_mlp.net.2", "txt_mlp.net.0.proj", "txt_mlp.net.2",
+)  # fmt: skip
+
 PIPELINES: dict[str, PipelineSpec] = {
     "StableDiffusionInstructPix2PixPipeline": PipelineSpec(
         pipeline_class=StableDiffusionInstructPix2PixPipeline,
@@ -122,8 +149,12 @@ PIPELINES: dict[str, PipelineSpec] = {
             "guidance_scale": "guidance_scale",
             "image_guidance_scale": "image_guidance_scale",
         },
-        defaults={"guidance_scale": 7.5, "image_guidance_scale": 1.5},
-        # InstructPix2Pix edits at the size of the image it is given.
+        # 20 steps: editloop's usual (the model card's example uses 10).
+        defaults={"steps": 20, "guidance_scale": 7.5, "image_guidance_scale": 1.5},
+        # InstructPix2Pix edits at the size of the image it is given; it was trained at 256 px
+        # (Stable Diffusion 1.5's 512 px class).
+        max_pixels=512 * 512,
+        train_resolution=256,
     ),
     "FluxKontextPipeline": PipelineSpec(
         pipeline_class=FluxKontextPipeline,
@@ -131,18 +162,22 @@ PIPELINES: dict[str, PipelineSpec] = {
         latent_patch=2,
         # FLUX.1 Kontext [dev] is guidance-distilled: guidance_scale is an input of the model.
         arguments={"steps": "num_inference_steps", "guidance_scale": "guidance_scale"},
-        defaults={"guidance_scale": 2.5},
+        defaults={"steps": 28, "guidance_scale": 2.5},
         batch_arguments=_kontext_batch_arguments,
+        lora_targets=_FLUX_LORA_TARGETS,
+        gradient_checkpointing=True,
     ),
     "QwenImageEditPipeline": PipelineSpec(
         pipeline_class=QwenImageEditPipeline,
         denoiser="transformer",
         latent_patch=2,
         arguments={"steps": "num_inference_steps", "guidance_scale": "true_cfg_scale"},
-        defaults={"guidance_scale": 4.0},
+        defaults={"steps": 50, "guidance_scale": 4.0},
         batch_arguments=_qwen_batch_arguments,
         call_context=_qwen_working_size,
         extra_components=_qwen_processor,
+        lora_targets=_QWEN_LORA_TARGETS,
+        gradient_checkpointing=True,
     ),
 }
 
@@ -187,3 +222,15 @@ def resolve_knobs(spec: PipelineSpec, requested: Mapping[str, float | None]) -> 
             raise ValueError(f"{knob} has no default for {spec.name}; set it")
         resolved[knob] = value
     return resolved
+
+
+def lora_layers(denoiser_name: str, denoiser: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter weights of `denoiser` as its pipeline's `save_lora_weights` takes them.
+
+    A UNet's are renamed to diffusers' own layout (`lora.down`/`lora.up`), as diffusers'
+    InstructPix2Pix scripts do; the transformers' stay in peft's layout, as diffusers' Flux and
+    Qwen-Image scripts save them (the renaming knows only the attention projections: applied to
+    a transformer's, it would mix two layouts and the loader would drop those layers).
+    """
+    layers = get_peft_model_state_dict(denoiser)
+    return convert_state_dict_to_diffusers(layers) if denoiser_name == "unet" else layers

@@ -17,7 +17,14 @@ class JudgeSettings(BaseModel):
         "shapes: the exact judges of the shapes world (rewards/shapes_judge.py)",
     )
     model: str = Field("", description="Qwen2.5-VL folder of the ImgEdit-Judge; empty = tiny")
-    device: str = Field("cpu", description="torch device, e.g. cpu or cuda:0")
+    device: str = Field(
+        "",
+        description="torch device of the judge (and reflector), e.g. cuda:1; empty = the "
+        "editor's device (`editor.device`) in workers, cpu for `editloop judge`",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="weights' dtype; auto = bfloat16 on a GPU, float32 on CPU"
+    )
     batch_size: int = Field(8, gt=0, description="pairs per judge call")
     max_reflections: int = Field(
         2, ge=0, description="reflection rounds per sample (ReasonEdit: 2)"
@@ -33,7 +40,10 @@ class JudgeSettings(BaseModel):
     )
     max_new_tokens: int = Field(128, gt=0, description="judge answer length limit, tokens")
     reflector_model: str = Field(
-        "", description="Qwen2.5-VL folder of the reflector; empty = share the judge's weights"
+        "",
+        description="Qwen2.5-VL-Instruct folder of the reflector (the judge's own folder shares "
+        "its weights); required with a real ImgEdit-Judge, a scoring fine-tune that does not "
+        "follow the reflection format; empty = share the tiny judge's weights",
     )
     reflector_retries: int = Field(
         1, ge=0, description="extra reflector calls after an invalid answer, then `Invalid`"

@@ -35,6 +35,14 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 VOCAB_SIZE = 400
+# Written into every tiny model's folder: the reflector check (`rewards.factory`) knows that such
+# a judge is editloop's random stand-in, not a real ImgEdit-Judge.
+TINY_MARKER = "editloop-tiny-judge.json"
+
+
+def is_tiny_judge(path: Path) -> bool:
+    """Whether `path` holds editloop's tiny random judge (built by `build_tiny_qwen_vl`)."""
+    return (path / TINY_MARKER).is_file()
 
 
 def _corpus() -> list[str]:
@@ -135,6 +143,7 @@ def build_tiny_qwen_vl(path: Path, seed: int = 0) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
     processor.save_pretrained(path)
+    (path / TINY_MARKER).write_text('{"random_weights": true}\n')
     return path
 
 

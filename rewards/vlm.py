@@ -91,19 +91,29 @@ def check_device(device: str) -> torch.device:
     return torch_device
 
 
-def load_vision_language_model(path: Path, device: str = "cpu") -> VisionLanguageModel:
-    """Load a Qwen2.5-VL checkpoint folder (never the hub): bf16 on GPU, fp32 on CPU.
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_vision_language_model(
+    path: Path, device: str = "cpu", dtype: str = "auto"
+) -> VisionLanguageModel:
+    """Load a Qwen2.5-VL checkpoint folder (never the hub) in `dtype` (auto: bf16 on GPU, fp32 on
+    CPU), shard by shard straight onto `device`: no full copy in host memory.
 
     Raises `FileNotFoundError` when `path` holds no checkpoint.
     """
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: not a Qwen2.5-VL checkpoint folder (no config.json)")
     torch_device = check_device(device)
-    dtype = torch.bfloat16 if torch_device.type == "cuda" else torch.float32
+    if dtype == "auto":
+        torch_dtype = torch.bfloat16 if torch_device.type == "cuda" else torch.float32
+    elif dtype in _DTYPES:
+        torch_dtype = _DTYPES[dtype]
+    else:
+        raise ValueError(f"dtype={dtype!r}: choose auto or one of {sorted(_DTYPES)}")
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        path, dtype=dtype, local_files_only=True
-    )
-    model = model.to(torch_device).eval()
+        path, dtype=torch_dtype, device_map=str(torch_device), local_files_only=True
+    ).eval()
     processor = ImageOnlyQwenVLProcessor.from_pretrained(path, local_files_only=True)
     # Batched generation with a decoder-only model needs the padding on the left.
     processor.tokenizer.padding_side = "left"

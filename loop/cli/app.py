@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from loop.cli import admin, bench, data, deploy, edit, export, judge, run, train
+from loop.cli import admin, bench, data, deploy, edit, export, judge, plan, run, train
 from loop.cli.errors import DEBUG_ENV, ErrorContractGroup
 from loop.settings import get_settings
 
@@ -30,6 +30,7 @@ app.command("gc")(data.gc)
 app.command("check")(data.check)
 app.command("run")(run.run)
 app.add_typer(run.worker_app, name="worker")
+app.command("workers")(run.workers)
 app.add_typer(deploy.compose_app, name="compose")
 app.command("demo")(bench.demo)
 app.command("edit")(edit.edit)
@@ -43,6 +44,7 @@ app.command("metrics")(admin.metrics)
 app.command("samples")(admin.samples)
 app.command("checkpoints")(admin.checkpoints)
 app.command("export")(export.export)
+app.command("plan")(plan.plan)
 
 
 @app.callback()

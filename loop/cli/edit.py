@@ -60,7 +60,8 @@ def edit(
         "--max-pixels",
         min=1,
         help="Largest working size in pixels (bigger sources are scaled down, the result is "
-        "scaled back). Default: the editor.max_pixels setting (1 MiP).",
+        "scaled back). Default: the editor.max_pixels setting, else the pipeline's own cap "
+        "(512² for InstructPix2Pix, 1024² for FLUX.1 Kontext and Qwen-Image-Edit).",
     ),
     device: str | None = typer.Option(
         None,

@@ -16,6 +16,7 @@ holds everything a resumption needs, written once:
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,9 +28,21 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from loop.checkpoints import latest_promoted
 from loop.training.gate import gate_checkpoint, load_eval_tasks
-from loop.training.launcher import job_folder, launch_command, log_tail, run_launcher
+from loop.training.launcher import (
+    job_folder,
+    launch_command,
+    log_tail,
+    node_log_name,
+    run_launcher,
+)
 from loop.training.lease import LeaseKeeper, claim_job, end_job
-from loop.training.pool import PoolFilter, count_by_kind, pool_examples
+from loop.training.pool import (
+    PoolFilter,
+    count_by_kind,
+    load_pool_records,
+    select_examples,
+    staleness_of,
+)
 from loop.training.publish import content_version, folder_files, publish_checkpoint
 from policies.checkpoints import fetch_checkpoint
 from policies.training.config import TrainConfig
@@ -59,6 +72,9 @@ class TrainerParts:
     verify: Callable[[Path], None]  # raises unless a checkpoint folder loads in the editor
     load_scorer: Callable[[], Scorer]
     env: dict[str, str] = field(default_factory=dict)  # extra launcher environment
+    # Frees what editor_for, verify and load_scorer loaded; called after every job so that the
+    # next job's ranks get the GPU memory (`loop.training.models.GateModels.release`).
+    release: Callable[[], None] = lambda: None
 
 
 @dataclass(frozen=True)
@@ -72,6 +88,7 @@ class PreparedJob:
     data_filter: dict[str, Any]
     sample_count: int
     counts: dict[str, int]
+    staleness: dict[str, float] = field(default_factory=dict)  # of the examples' edits
 
 
 def job_filter(settings: TrainingSettings, data_filter: dict[str, Any]) -> PoolFilter:
@@ -100,7 +117,8 @@ def prepare_job(parts: TrainerParts, job_id: int) -> PreparedJob:
     with parts.factory() as session:
         job = session.get_one(TrainJob, job_id)
         pool_filter = job_filter(parts.settings, job.data_filter)
-        examples = pool_examples(session, pool_filter)
+        records = load_pool_records(session, pool_filter)
+        examples = select_examples(records, pool_filter)
         parent = latest_promoted(session)
         held_out = session.scalar(
             select(func.count()).select_from(Task).where(Task.origin == parts.settings.eval_origin)
@@ -135,6 +153,7 @@ def prepare_job(parts: TrainerParts, job_id: int) -> PreparedJob:
         "data_filter": pool_filter.to_dict(),
         "sample_count": len(examples),
         "counts": count_by_kind(examples),
+        "staleness": staleness_of(records, pool_filter),
     }
     # Written last: its presence means the folder is complete.
     tmp = folder / ".job.json.tmp"
@@ -175,7 +194,10 @@ def process_job(parts: TrainerParts, job_id: int, *, owner: str) -> str:
                     )
             if lease.lost.is_set():
                 return "lost"
-            checkpoint_id = _publish_and_gate(parts, prepared, run_dir)
+            try:
+                checkpoint_id = _publish_and_gate(parts, prepared, run_dir)
+            finally:
+                parts.release()
         except (StoreUnavailable, DatabaseUnavailable) as exc:
             # Transient: the job folder keeps the work; another try publishes it.
             log.warning("job %d: %s; released for a later try", job_id, exc)
@@ -212,6 +234,7 @@ def _publish_and_gate(parts: TrainerParts, prepared: PreparedJob, run_dir: Path)
     train_metrics = {
         **result.metrics,
         **{f"train/examples_{kind}": float(n) for kind, n in prepared.counts.items()},
+        **prepared.staleness,
         "train/objective": result.objective,
     }
     checkpoint_id = publish_checkpoint(
@@ -261,7 +284,10 @@ def run_trainer(
     should_stop: Callable[[], bool] = lambda: False,
 ) -> list[tuple[int, str]]:
     """Claim and process jobs until `max_jobs` were processed or `should_stop()`; without `wait`,
-    return as soon as no job is claimable. Returns (job id, outcome) of each job processed."""
+    return as soon as no job is claimable. Returns (job id, outcome) of each job processed.
+    On a node other than node 0 (`node_rank` > 0) the trainer follows instead (`follow_jobs`)."""
+    if parts.settings.node_rank > 0:
+        return follow_jobs(parts, max_jobs=max_jobs, wait=wait, should_stop=should_stop)
     done: list[tuple[int, str]] = []
     while not should_stop() and (max_jobs is None or len(done) < max_jobs):
         job_id = claim_job(
@@ -277,4 +303,60 @@ def run_trainer(
             break
         else:
             time.sleep(parts.settings.poll_s)
+    return done
+
+
+def job_to_follow(
+    factory: sessionmaker[Session], work_dir: Path, launched: set[tuple[int, int]]
+) -> tuple[int, int] | None:
+    """The (job id, claims) a follower node should join: a running job whose folder node 0
+    prepared (`job.json`), whose run has not finished, and that this node has not launched for
+    this claim yet (a new claim by node 0 is a new launch to join)."""
+    with factory() as session:
+        rows = session.execute(
+            select(TrainJob.id, TrainJob.claims)
+            .where(TrainJob.status == TrainJobStatus.RUNNING)
+            .order_by(TrainJob.id)
+        ).all()
+    for job_id, claims in rows:
+        folder = job_folder(work_dir, job_id)
+        if (job_id, claims) in launched or not (folder / "job.json").is_file():
+            continue
+        if read_final(folder / "run") is None:
+            return job_id, claims
+    return None
+
+
+def follow_jobs(
+    parts: TrainerParts,
+    *,
+    max_jobs: int | None = None,
+    wait: bool = True,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> list[tuple[int, str]]:
+    """A follower node's trainer (`node_rank` > 0): join the jobs node 0 runs, with this node's
+    ranks (`launch_command`), in the shared work_dir. Node 0 holds the lease, publishes and
+    gates; a follower only trains. Returns (job id, "joined" or "failed: exit code N")."""
+    settings = parts.settings
+    done: list[tuple[int, str]] = []
+    launched: set[tuple[int, int]] = set()
+    while not should_stop() and (max_jobs is None or len(done) < max_jobs):
+        found = job_to_follow(parts.factory, parts.work_dir, launched)
+        if found is None:
+            if not wait:
+                break
+            time.sleep(settings.poll_s)
+            continue
+        launched.add(found)
+        job_id = found[0]
+        folder = job_folder(parts.work_dir, job_id)
+        log.info("node %d joins job %d", settings.node_rank, job_id)
+        code = run_launcher(
+            launch_command(settings, folder / "train_config.json"),
+            folder,
+            env=parts.env,
+            lost=threading.Event(),
+            log_name=node_log_name(settings.node_rank),
+        )
+        done.append((job_id, "joined" if code == 0 else f"failed: exit code {code}"))
     return done

@@ -5,7 +5,6 @@ trainer (parent-death signal), so that a killed trainer leaves no rank running; 
 appended to the job folder's `launcher.log`, whose tail explains a failure.
 """
 
-import ctypes
 import logging
 import os
 import signal
@@ -16,10 +15,10 @@ import threading
 from pathlib import Path
 
 from policies.training.layout import DIE_WITH_PARENT_ENV
+from policies.training.lifetime import die_with_parent
 from policies.training.settings import TrainingSettings
 
 log = logging.getLogger(__name__)
-_PR_SET_PDEATHSIG = 1
 LAUNCHER_LOG = "launcher.log"
 # The module every rank runs (`python -m RANK_MODULE CONFIG`).
 RANK_MODULE = "loop.cli.train"
@@ -37,7 +36,9 @@ def _free_port() -> int:
 
 
 def launch_command(settings: TrainingSettings, config_path: Path) -> list[str]:
-    """The command that starts every rank of the recipe on this node."""
+    """The command that starts this node's ranks of the recipe: all of them, or with
+    `nnodes` > 1 (torchrun) this node's `nproc_per_node`, meeting the others' at node 0's
+    `rdzv_endpoint` as node `node_rank`."""
     python = sys.executable
     module = [RANK_MODULE, str(config_path)]
     port = str(_free_port())
@@ -48,9 +49,16 @@ def launch_command(settings: TrainingSettings, config_path: Path) -> list[str]:
             )
         return [python, "-m", *module]
     if settings.launcher == "torchrun":
+        nodes: list[str] = ["--master_port", port]
+        if settings.nnodes > 1:
+            host, _, fixed_port = settings.rdzv_endpoint.rpartition(":")
+            nodes = [
+                "--nnodes", str(settings.nnodes), "--node_rank", str(settings.node_rank),
+                "--master_addr", host, "--master_port", fixed_port,
+            ]  # fmt: skip
         return [
             python, "-m", "torch.distributed.run", "--nproc_per_node",
-            str(settings.nproc_per_node), "--master_port", port, "-m", *module,
+            str(settings.nproc_per_node), *nodes, "-m", *module,
         ]  # fmt: skip
     deepspeed = str(Path(python).parent / "deepspeed")
     # --no_local_rank: the recipe reads LOCAL_RANK from the environment, like under torchrun.
@@ -58,11 +66,6 @@ def launch_command(settings: TrainingSettings, config_path: Path) -> list[str]:
         deepspeed, "--no_local_rank", "--num_gpus", str(settings.nproc_per_node),
         "--master_port", port, "--module", *module,
     ]  # fmt: skip
-
-
-def _die_with_trainer() -> None:
-    # Runs in the child before exec: when the trainer dies (even by SIGKILL), so does the launcher.
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _stop_group(process: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
@@ -79,13 +82,23 @@ def _stop_group(process: subprocess.Popen[bytes], grace_s: float = 10.0) -> None
             continue
 
 
+def node_log_name(node_rank: int) -> str:
+    """The launcher log of node `node_rank` in a job folder (node 0's is `launcher.log`)."""
+    return LAUNCHER_LOG if node_rank == 0 else f"launcher-node{node_rank}.log"
+
+
 def run_launcher(
-    command: list[str], folder: Path, *, env: dict[str, str], lost: threading.Event
+    command: list[str],
+    folder: Path,
+    *,
+    env: dict[str, str],
+    lost: threading.Event,
+    log_name: str = LAUNCHER_LOG,
 ) -> int | None:
     """Run `command` to the end with its output appended to `folder`'s launcher log; its exit
     code, or None if `lost` was set meanwhile (the lease was lost: the launcher is stopped)."""
     env = {**os.environ, **env, DIE_WITH_PARENT_ENV: "1", "PYTHONUNBUFFERED": "1"}
-    with (folder / LAUNCHER_LOG).open("ab") as output:
+    with (folder / log_name).open("ab") as output:
         output.write(f"\n$ {' '.join(command)}\n".encode())
         output.flush()
         # Its own process group: stopping it reaches torchrun's ranks too.
@@ -95,9 +108,9 @@ def run_launcher(
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
-            preexec_fn=_die_with_trainer,
+            preexec_fn=die_with_parent,
         )
-    (folder / "launcher.pid").write_text(str(process.pid))
+    (folder / log_name.replace(".log", ".pid")).write_text(str(process.pid))
     try:
         while process.poll() is None:
             if lost.wait(0.2):

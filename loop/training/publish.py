@@ -3,12 +3,18 @@
 Invariant 4 (docs/design.md): a checkpoint row is `ready` only when every file is in the store under
 its final prefix, byte for byte (sizes and SHA-256 checked), and the checkpoint loads. Steps:
 
-1. upload every file under `checkpoints/.staging/<version>-<nonce>/`;
-2. verify the staged copy: the listing is exactly the files, sizes and checksums match, and the
-   checkpoint, downloaded back from the store, loads (`verify`);
-3. write the files under `checkpoints/<version>/` (stale keys of an earlier failed try removed),
-   then `checkpoint_manifest.json` (paths, sizes, SHA-256) last, and check the listing and sizes;
+1. upload every file under `checkpoints/.staging/<version>-<nonce>/`, streamed from disk and
+   hashed while it is sent;
+2. verify the staged copy: the listing is exactly the files with their sizes, and the copy,
+   streamed back into a scratch folder (hashed while it arrives), matches byte for byte and
+   loads (`verify`);
+3. copy the files inside the store to `checkpoints/<version>/` (stale keys of an earlier failed
+   try removed; no byte is uploaded twice), then write `checkpoint_manifest.json` (paths, sizes,
+   SHA-256) last, and check the listing and sizes;
 4. one transaction: the `checkpoint` row (status `ready`) and the job's reference to it.
+
+Files only ever pass through a bounded buffer: a checkpoint of any size (a 12B-parameter
+transformer is ~24 GB in bf16) is published without holding a shard in memory.
 
 A failure at any step raises before step 4: objects may be left behind (garbage, never
 referenced), a row never points at missing or partial objects. Publishing the same version again
@@ -29,10 +35,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from policies.checkpoints import fetch_checkpoint
+from policies.checkpoints import download_prefix
 from store.keys import CHECKPOINT_MANIFEST, CHECKPOINT_PREFIX, STAGING_PREFIX
 from store.models import Checkpoint, CheckpointStatus, TrainJob
-from store.objects import ObjectStore
+from store.objects import ObjectStore, file_sha256
 
 
 class PublishError(RuntimeError):
@@ -54,13 +60,12 @@ def folder_files(folder: Path) -> list[FileEntry]:
         raise ValueError(f"folder={str(folder)!r}: no such folder")
     entries = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        data = path.read_bytes()
         relative = path.relative_to(folder).as_posix()
         if relative == CHECKPOINT_MANIFEST:
             raise ValueError(
                 f"{folder} already holds a {CHECKPOINT_MANIFEST}: publish the bare folder"
             )
-        entries.append(FileEntry(relative, len(data), hashlib.sha256(data).hexdigest()))
+        entries.append(FileEntry(relative, path.stat().st_size, file_sha256(path)))
     if not entries:
         raise ValueError(f"folder={str(folder)!r} is empty: nothing to publish")
     return entries
@@ -72,9 +77,8 @@ def content_version(prefix: str, files: list[FileEntry]) -> str:
     return f"{prefix}-{digest[:12]}"
 
 
-def _check_uploaded(store: ObjectStore, prefix: str, files: list[FileEntry], *, content: bool):
-    """PublishError unless the keys under `prefix` are exactly `files` with their sizes (and, if
-    `content`, their SHA-256)."""
+def _check_listing(store: ObjectStore, prefix: str, files: list[FileEntry]) -> None:
+    """PublishError unless the keys under `prefix` are exactly `files` with their sizes."""
     expected = {f"{prefix}/{f.path}": f for f in files}
     listed = set(store.list(prefix + "/"))
     if listed != set(expected):
@@ -84,8 +88,13 @@ def _check_uploaded(store: ObjectStore, prefix: str, files: list[FileEntry], *, 
         size = store.stat(key).size
         if size != entry.size:
             raise PublishError(f"{key}: {size} bytes in the store, {entry.size} written")
-        if content and hashlib.sha256(store.get(key)).hexdigest() != entry.sha256:
-            raise PublishError(f"{key}: checksum differs from the file written")
+
+
+def _check_digests(prefix: str, files: list[FileEntry], digests: dict[str, str]) -> None:
+    """PublishError unless every file's SHA-256 is the one in `digests` (what passed)."""
+    for entry in files:
+        if digests.get(entry.path) != entry.sha256:
+            raise PublishError(f"{prefix}/{entry.path}: checksum differs from the file written")
 
 
 def _delete_prefix(store: ObjectStore, prefix: str) -> None:
@@ -119,23 +128,30 @@ def publish_checkpoint(
     staging = f"{STAGING_PREFIX}/{version}-{uuid.uuid4().hex[:8]}"
     final = f"{CHECKPOINT_PREFIX}/{version}"
     try:
-        # 1. staged upload
-        for entry in files:
-            store.put(f"{staging}/{entry.path}", (folder / entry.path).read_bytes())
-        # 2. verify what the store holds: bytes, then that it loads
-        _check_uploaded(store, staging, files, content=True)
+        # 1. staged upload, each file hashed as it is sent
+        sent = {
+            entry.path: store.fput(f"{staging}/{entry.path}", folder / entry.path)
+            for entry in files
+        }
+        _check_digests(staging, files, sent)
+        # 2. verify what the store holds: listing and sizes, then the bytes as they come back,
+        # then that it loads
+        _check_listing(store, staging, files)
         with tempfile.TemporaryDirectory(prefix="editloop-verify-") as scratch:
+            local = Path(scratch) / "checkpoint"
+            _check_digests(staging, files, download_prefix(store, staging, local))
             try:
-                verify(fetch_checkpoint(store, staging, Path(scratch)))
+                verify(local)
             except Exception as exc:  # any load failure means: do not publish
                 raise PublishError(f"checkpoint {version} does not load: {exc}") from exc
-        # 3. final prefix (what a previous failed try left there is replaced)
+        # 3. final prefix (what a previous failed try left there is replaced), copied inside
+        # the store
         for key in store.list(final + "/"):
             if key.removeprefix(final + "/") not in {f.path for f in files}:
                 store.delete(key)
         for entry in files:
-            store.put(f"{final}/{entry.path}", (folder / entry.path).read_bytes())
-        _check_uploaded(store, final, files, content=False)
+            store.copy(f"{staging}/{entry.path}", f"{final}/{entry.path}")
+        _check_listing(store, final, files)
         manifest = json.dumps({"version": version, "files": [asdict(f) for f in files]}, indent=1)
         store.put(f"{final}/{CHECKPOINT_MANIFEST}", manifest.encode(), "application/json")
     finally:

@@ -8,6 +8,7 @@ clipping and precision; a concrete value there must agree with the recipe's.
 """
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any, get_type_hints
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 OBJECTIVES = ("auto", "ip2p", "flow", "pixel")
+SWITCHES = ("auto", "on", "off")
+LR_SCHEDULES = ("constant", "cosine")
 TIMESTEP_SAMPLINGS = ("logit_normal", "uniform")
 MODES = ("full", "lora")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -38,8 +41,17 @@ class TrainConfig:
     learning_rate: float = 1e-4  # AdamW, after warm-up
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     warmup_steps: int = 0  # linear learning-rate warm-up, optimizer steps
+    lr_schedule: str = "constant"  # after warm-up: constant, or cosine decay to 0 at max_steps
     max_grad_norm: float = 1.0  # gradient clipping norm; 0 = none
-    resolution: int = 256  # square training side, pixels (center crop after resize)
+    # Training area: resolution² pixels (aspect-ratio buckets up to it, or a square of this
+    # side); 0 = the editor's own (InstructPix2Pix 256, the transformer editors 1024, the pixel
+    # editor its size).
+    resolution: int = 0
+    aspect_buckets: bool = True  # buckets of aspect ratios 1:2..2:1; false = square crops
+    gradient_checkpointing: str = "auto"  # on, off, auto (on for the transformer editors)
+    # Folder of the frozen encoders' cached outputs (content-addressed, so runs can share it);
+    # "" = <output_dir>/encodings.
+    encoding_cache: str = ""
     seed: int = 0  # data order, noise, timesteps, conditioning dropout
     drop_text: float = 0.05  # P(text dropped only), InstructPix2Pix CFG training (Brooks+ 2023)
     drop_image: float = 0.05  # P(source image dropped only)
@@ -63,6 +75,8 @@ class TrainConfig:
                 raise ValueError(f"{name} is empty: it is required")
         checks = {
             "objective": self.objective in OBJECTIVES,
+            "gradient_checkpointing": self.gradient_checkpointing in SWITCHES,
+            "lr_schedule": self.lr_schedule in LR_SCHEDULES,
             "mode": self.mode in MODES,
             "precision": self.precision in PRECISIONS,
             "timestep_sampling": self.timestep_sampling in TIMESTEP_SAMPLINGS,
@@ -76,7 +90,7 @@ class TrainConfig:
             "weight_decay": self.weight_decay >= 0,
             "warmup_steps": self.warmup_steps >= 0,
             "max_grad_norm": self.max_grad_norm >= 0,
-            "resolution": self.resolution > 0 and self.resolution % 8 == 0,
+            "resolution": self.resolution >= 0 and self.resolution % 8 == 0,
             "seed": self.seed >= 0,
             "ema_decay": 0 <= self.ema_decay < 1,
             "save_every": self.save_every >= 0,
@@ -101,6 +115,11 @@ class TrainConfig:
                 f"ema_decay={self.ema_decay} with zero_stage=3: EMA needs whole weights on each "
                 "rank; use ZeRO-2 or ema_decay=0"
             )
+        if self.lr_schedule == "cosine" and self.warmup_steps >= self.max_steps:
+            raise ValueError(
+                f"warmup_steps={self.warmup_steps} >= max_steps={self.max_steps}: a cosine "
+                "schedule needs steps after the warm-up"
+            )
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -113,6 +132,8 @@ class TrainConfig:
 
 _HELP = {
     "objective": f"one of {OBJECTIVES}",
+    "gradient_checkpointing": f"one of {SWITCHES}",
+    "lr_schedule": f"one of {LR_SCHEDULES}",
     "mode": f"one of {MODES}",
     "precision": f"one of {PRECISIONS}",
     "timestep_sampling": f"one of {TIMESTEP_SAMPLINGS}",
@@ -126,7 +147,7 @@ _HELP = {
     "weight_decay": ">= 0",
     "warmup_steps": ">= 0",
     "max_grad_norm": ">= 0",
-    "resolution": "a positive multiple of 8",
+    "resolution": "0 (the editor's) or a positive multiple of 8",
     "seed": ">= 0",
     "ema_decay": "in [0, 1)",
     "save_every": ">= 0",
@@ -177,6 +198,18 @@ def load_train_config(path: Path, overrides: Mapping[str, str] | None = None) ->
     for key, text in (overrides or {}).items():
         data[key] = _parse_value(key, types[key], text)
     return TrainConfig(**data)
+
+
+def learning_rate_factor(step: int, *, warmup: int, max_steps: int, schedule: str) -> float:
+    """The learning rate of optimizer step `step` (0-based) as a fraction of the configured one:
+    linear warm-up over `warmup` steps ((step + 1) / (warmup + 1)), then constant, or a cosine
+    from 1 down to 0 at `max_steps`."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, max_steps - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 def resolve_precision(precision: str, device_type: str) -> str:

@@ -5,10 +5,16 @@ store, or local files for a replayed supervised set. The order of a run is a pur
 (seed, step): step s draws the next slice of an endless sequence of seeded permutations of the
 pool (and of the replay set), so a run resumed at step s sees exactly the batches an
 uninterrupted run would, and no example twice within an epoch.
+
+Examples are trained at aspect-ratio buckets: sizes whose area is at most the training
+resolution squared, one per aspect ratio from 1:2 to 2:1, each example at the bucket nearest its
+source's aspect ratio (cover-resized, centre-cropped). A step's whole global batch comes from one
+bucket (a seeded draw weighted by the buckets' sizes), so every micro-batch stacks.
 """
 
 import hashlib
 import json
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +25,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
+from policies.sizing import working_size
 from store.images import decode_image
 from store.objects import ObjectStore
 
@@ -151,11 +158,78 @@ def step_indices(
     return [indices[i] for i in torch.randperm(len(indices), generator=generator).tolist()]
 
 
+class BucketedOrder:
+    """Step s → (bucket, pool indices, replay indices) when examples train at several sizes.
+
+    The bucket of step s is a seeded draw weighted by the pool's bucket sizes; its examples are
+    the next ones of that bucket's own endless seeded permutation stream (and of the replay set's
+    stream for the same bucket: a bucket without replay examples trains on the pool alone).
+    A pure function of (seed, step): the draws of earlier steps are replayed to find positions.
+    """
+
+    def __init__(
+        self,
+        pool_buckets: Sequence[int],
+        replay_buckets: Sequence[int],
+        *,
+        global_batch: int,
+        replay_count: int,
+        seed: int,
+    ) -> None:
+        self.global_batch = global_batch
+        self.replay_count = replay_count
+        self.seed = seed
+        self.buckets = sorted(set(pool_buckets))
+        self.members = {b: [i for i, x in enumerate(pool_buckets) if x == b] for b in self.buckets}
+        self.replay_members = {
+            b: [i for i, x in enumerate(replay_buckets) if x == b] for b in self.buckets
+        }
+        self.pool_size = len(pool_buckets)
+        self.weights = torch.tensor([len(self.members[b]) for b in self.buckets], dtype=torch.float)
+        self.orders = {b: EpochOrder(len(self.members[b]), seed, f"pool/{b}") for b in self.buckets}
+        self.replay_orders = {
+            b: EpochOrder(len(m), seed, f"replay/{b}") for b, m in self.replay_members.items() if m
+        }
+        self._drawn: list[int] = []  # bucket of each step so far
+        self._seen: dict[int, int] = {}  # steps that drew each bucket, up to len(_drawn)
+
+    def _bucket(self, step: int) -> int:
+        while len(self._drawn) <= step:
+            generator = torch.Generator().manual_seed(
+                mixed_seed(self.seed, "bucket", len(self._drawn))
+            )
+            index = int(torch.multinomial(self.weights, 1, generator=generator).item())
+            self._drawn.append(self.buckets[index])
+        return self._drawn[step]
+
+    def step_indices(self, step: int) -> list[int]:
+        """Dataset indices (replay offset by the pool size) of step `step`'s global batch."""
+        bucket = self._bucket(step)
+        before = sum(1 for b in self._drawn[:step] if b == bucket)
+        replay = self.replay_count if bucket in self.replay_orders else 0
+        fresh = self.global_batch - replay
+        members = self.members[bucket]
+        order = self.orders[bucket]
+        indices = [members[order[before * fresh + i]] for i in range(fresh)]
+        if replay:
+            replay_members = self.replay_members[bucket]
+            replay_order = self.replay_orders[bucket]
+            indices += [
+                self.pool_size + replay_members[replay_order[before * replay + i]]
+                for i in range(replay)
+            ]
+        generator = torch.Generator().manual_seed(mixed_seed(self.seed, "mix", step))
+        return [indices[i] for i in torch.randperm(len(indices), generator=generator).tolist()]
+
+
 class StepBatchSampler:
     """Micro-batches of one rank, from optimizer step `start_step` to `max_steps`.
 
     Global batch of step s = micro_batch x ranks x accumulation; micro-step a of rank r takes
-    positions a*B*W + r*B ... + B of it (B micro batch, W ranks).
+    positions a*B*W + r*B ... + B of it (B micro batch, W ranks). With `pool_buckets` (the size
+    bucket of each pool example, and `replay_buckets` of each replay example) spanning several
+    buckets, each step's batch comes from one bucket (`BucketedOrder`); with one bucket the order
+    is the plain one.
     """
 
     def __init__(
@@ -171,6 +245,8 @@ class StepBatchSampler:
         seed: int,
         start_step: int,
         max_steps: int,
+        pool_buckets: Sequence[int] | None = None,
+        replay_buckets: Sequence[int] | None = None,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank={rank} not in [0, world_size={world_size})")
@@ -189,6 +265,21 @@ class StepBatchSampler:
             raise ValueError(f"replay_fraction={replay_fraction} with an empty replay set")
         self.pool = EpochOrder(pool_size, seed, "pool")
         self.replay = EpochOrder(replay_size, seed, "replay") if self.replay_count else None
+        self.bucketed: BucketedOrder | None = None
+        if pool_buckets is not None:
+            if len(pool_buckets) != pool_size:
+                raise ValueError(f"{len(pool_buckets)} pool buckets for {pool_size} examples")
+            replay_buckets = list(replay_buckets or [])
+            if self.replay_count and len(replay_buckets) != replay_size:
+                raise ValueError(f"{len(replay_buckets)} replay buckets for {replay_size}")
+            if len(set(pool_buckets) | set(replay_buckets if self.replay_count else [])) > 1:
+                self.bucketed = BucketedOrder(
+                    pool_buckets,
+                    replay_buckets if self.replay_count else [],
+                    global_batch=self.global_batch,
+                    replay_count=self.replay_count,
+                    seed=seed,
+                )
 
     def __len__(self) -> int:
         return (self.max_steps - self.start_step) * self.accumulation
@@ -196,41 +287,75 @@ class StepBatchSampler:
     def __iter__(self) -> Iterator[list[int]]:
         b, w = self.micro_batch, self.world_size
         for step in range(self.start_step, self.max_steps):
-            batch = step_indices(
-                step,
-                pool=self.pool,
-                replay=self.replay,
-                global_batch=self.global_batch,
-                replay_count=self.replay_count,
-                seed=self.seed,
-            )
+            if self.bucketed is not None:
+                batch = self.bucketed.step_indices(step)
+            else:
+                batch = step_indices(
+                    step,
+                    pool=self.pool,
+                    replay=self.replay,
+                    global_batch=self.global_batch,
+                    replay_count=self.replay_count,
+                    seed=self.seed,
+                )
             for micro in range(self.accumulation):
                 start = micro * b * w + self.rank * b
                 yield batch[start : start + b]
 
 
+# ---- sizes ---------------------------------------------------------------------------------
+
+# Width:height of the training buckets, 1:2 to 2:1 (the shapes most edit datasets hold).
+ASPECT_RATIOS = ((1, 1), (4, 3), (3, 4), (3, 2), (2, 3), (16, 9), (9, 16), (2, 1), (1, 2))
+
+
+def aspect_buckets(resolution: int, multiple: int) -> list[tuple[int, int]]:
+    """The training sizes (width, height) at `resolution`: per aspect ratio the largest size of
+    area at most resolution² with sides multiples of `multiple`; duplicates dropped, square
+    first. E.g. 1024 at multiple 16: 1024x1024, 1184x880, 880x1184, 1248x832, ..."""
+    sizes: list[tuple[int, int]] = []
+    for w, h in ASPECT_RATIOS:
+        # A source far larger than the cap keeps its aspect ratio while scaled down to it.
+        size = working_size(w * 4096, h * 4096, multiple=multiple, max_pixels=resolution**2)
+        if size not in sizes:
+            sizes.append(size)
+    return sizes
+
+
+def nearest_bucket(width: int, height: int, buckets: Sequence[tuple[int, int]]) -> int:
+    """The index of the bucket whose aspect ratio is nearest (in log ratio) to width:height."""
+    aspect = math.log(width / height)
+    return min(
+        range(len(buckets)), key=lambda i: abs(math.log(buckets[i][0] / buckets[i][1]) - aspect)
+    )
+
+
 # ---- images --------------------------------------------------------------------------------
 
 
-def to_training_tensor(image: Image.Image, resolution: int) -> torch.Tensor:
-    """An RGB image → (3, resolution, resolution) float32 in [-1, 1]: shorter side resized to
-    `resolution` (bicubic), then center-cropped."""
+def to_training_tensor(image: Image.Image, size: int | tuple[int, int]) -> torch.Tensor:
+    """An RGB image → (3, height, width) float32 in [-1, 1] at `size` (width, height; an int is
+    a square): resized to cover it (bicubic), then centre-cropped."""
+    target_w, target_h = (size, size) if isinstance(size, int) else size
     width, height = image.size
-    scale = resolution / min(width, height)
-    size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
-    if size != image.size:
-        image = image.resize(size, Image.Resampling.BICUBIC)
-    left, top = (size[0] - resolution) // 2, (size[1] - resolution) // 2
-    image = image.crop((left, top, left + resolution, top + resolution))
+    scale = max(target_w / width, target_h / height)
+    resized = (max(target_w, round(width * scale)), max(target_h, round(height * scale)))
+    if resized != image.size:
+        image = image.resize(resized, Image.Resampling.BICUBIC)
+    left, top = (resized[0] - target_w) // 2, (resized[1] - target_h) // 2
+    image = image.crop((left, top, left + target_w, top + target_h))
     array = np.asarray(image, dtype=np.float32)
     return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0
 
 
 class EditExamples(Dataset[dict[str, Any]]):
-    """Examples as tensors: `{"source", "target"}` (3, R, R) in [-1, 1] and `"instruction"`.
+    """Examples as tensors: `{"source", "target"}` (3, H, W) in [-1, 1], `"instruction"`, and
+    the SHA-256 of each image's bytes (`source_sha256`, `target_sha256`: cache keys).
 
-    Images are read from the object store (opened lazily, once per loader process: a client's
-    connection pool must not be shared across fork) or from local files.
+    Each example is at `resolution` (a square side), or with `buckets` at the bucket nearest its
+    source's aspect ratio (`"bucket"`: its index). Images are read from the object store (opened
+    lazily, once per loader process: a client's connection pool must not be shared across fork)
+    or from local files.
     """
 
     def __init__(
@@ -238,16 +363,18 @@ class EditExamples(Dataset[dict[str, Any]]):
         examples: Sequence[Example],
         open_store: Callable[[], ObjectStore],
         resolution: int,
+        buckets: Sequence[tuple[int, int]] | None = None,
     ) -> None:
         self.examples = list(examples)
         self.open_store = open_store
         self.resolution = resolution
+        self.buckets = list(buckets) if buckets else [(resolution, resolution)]
         self._store: ObjectStore | None = None
 
     def __len__(self) -> int:
         return len(self.examples)
 
-    def _read(self, example: Example, name: str) -> Image.Image:
+    def _read(self, example: Example, name: str) -> tuple[Image.Image, str]:
         where = getattr(example, name)
         if example.local:
             data = Path(where).read_bytes()
@@ -256,16 +383,23 @@ class EditExamples(Dataset[dict[str, Any]]):
                 self._store = self.open_store()
             data = self._store.get(where)
         try:
-            return decode_image(data)
+            return decode_image(data), hashlib.sha256(data).hexdigest()
         except ValueError as exc:
             raise ValueError(f"{name} image {where!r} of a training example: {exc}") from None
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         example = self.examples[index]
+        source, source_sha256 = self._read(example, "source")
+        target, target_sha256 = self._read(example, "target")
+        bucket = nearest_bucket(source.width, source.height, self.buckets)
+        size = self.buckets[bucket]
         return {
-            "source": to_training_tensor(self._read(example, "source"), self.resolution),
-            "target": to_training_tensor(self._read(example, "target"), self.resolution),
+            "source": to_training_tensor(source, size),
+            "target": to_training_tensor(target, size),
             "instruction": example.instruction,
+            "bucket": bucket,
+            "source_sha256": source_sha256,
+            "target_sha256": target_sha256,
         }
 
 
@@ -276,13 +410,14 @@ def _fresh_store_in_worker(_worker_id: int) -> None:
 
 
 def build_loader(
-    dataset: EditExamples,
+    dataset: Dataset[Any],
     sampler: StepBatchSampler,
     *,
     num_workers: int,
     prefetch_factor: int,
     pin_memory: bool = False,
-) -> DataLoader[dict[str, Any]]:
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+) -> DataLoader[Any]:
     """A DataLoader yielding the sampler's micro-batches in order (`num_workers` processes, each
     `prefetch_factor` batches ahead)."""
     return DataLoader(
@@ -292,4 +427,5 @@ def build_loader(
         prefetch_factor=prefetch_factor if num_workers > 0 else None,
         worker_init_fn=_fresh_store_in_worker,
         pin_memory=pin_memory,
+        collate_fn=collate_fn,
     )

@@ -8,8 +8,10 @@ final/              the editor-format checkpoint, its loss log and train_metrics
 """
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 DEEPSPEED_DIR = "deepspeed"
 FINAL_DIR = "final"
@@ -45,3 +47,38 @@ def read_progress(output_dir: Path) -> int | None:
         return int(json.loads((output_dir / PROGRESS_FILE).read_text())["step"])
     except (FileNotFoundError, json.JSONDecodeError, KeyError):
         return None
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write `data` as JSON atomically (aside, then renamed)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    tmp.replace(path)
+
+
+def append_loss(path: Path, step: int, loss: float, lr: float) -> None:
+    """Add one step's line to the loss log."""
+    with path.open("a") as handle:
+        handle.write(json.dumps({"step": step, "train/loss": loss, "train/lr": lr}) + "\n")
+
+
+def loss_rows(path: Path) -> Iterator[dict[str, Any]]:
+    """The loss log's rows (none when it does not exist)."""
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                yield json.loads(line)
+
+
+def read_losses(path: Path) -> list[float]:
+    """The loss of every logged step, in order."""
+    return [row["train/loss"] for row in loss_rows(path)]
+
+
+def truncate_loss_log(path: Path, step: int) -> None:
+    """Keep the rows of steps up to `step`: later ones were logged after the checkpoint resumed
+    from, and are run again."""
+    rows = [row for row in loss_rows(path) if row["step"] <= step]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    tmp.replace(path)

@@ -3,12 +3,18 @@
 Launched once per rank by `deepspeed` or `torchrun` (or alone, as a single process), through
 `editloop train CONFIG` or `python -m loop.cli.train CONFIG`:
 
-    setup    distributed (NCCL on GPU, gloo on CPU), objective, data, DeepSpeed engine; resume
-             from the newest DeepSpeed checkpoint in `output_dir/deepspeed/` when there is one
-    train    `max_steps` optimizer steps; a DeepSpeed checkpoint every `save_every` steps; rank 0
-             writes the per-step loss to `loss_log.jsonl` and the step to `progress.json`
-    save     the weights in the editor's own format, with the loss log and the training metrics,
-             into `output_dir/final/` (written aside, then renamed: it exists only when complete)
+    setup    distributed (NCCL on GPU, gloo on CPU), objective (every part in the compute
+             dtype: bf16 on GPU; under ZeRO-3 the denoiser is built partitioned), data, DeepSpeed
+             engine; resume from the newest DeepSpeed checkpoint in `output_dir/deepspeed/`
+    encode   the frozen encoders' outputs for every example, cached by content
+             (`policies.training.encodings`); then the encoders are freed
+    train    `max_steps` optimizer steps, each on one aspect-ratio bucket; a DeepSpeed checkpoint
+             every `save_every` steps; rank 0 writes the per-step loss to `loss_log.jsonl` and
+             the step to `progress.json`
+    save     the weights in the editor's own format (under ZeRO-3: a LoRA gathers its adapter
+             alone, full weights are consolidated layer by layer on rank 0), with the loss log
+             and the training metrics, into `output_dir/final/` (written aside, then renamed: it
+             exists only when complete)
     cleanup  barrier, process group destroyed
 
 Every random draw of step s comes from a generator seeded by (seed, s, micro-step, rank) and the
@@ -16,18 +22,16 @@ data order is a function of (seed, s) (`policies.training.data`), so a run kille
 repeats no step and reaches the same weights as an uninterrupted one.
 """
 
-import ctypes
+import gc
 import hashlib
 import json
 import logging
 import os
 import shutil
-import signal
-import socket
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,84 +39,161 @@ from typing import Any
 import deepspeed
 import torch
 import torch.distributed as dist
-from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
-from policies.training.config import TrainConfig, deepspeed_config, resolve_precision
+from policies.training.checkpointing import resume, run_data_key, save_deepspeed, save_final
+from policies.training.config import (
+    TrainConfig,
+    deepspeed_config,
+    learning_rate_factor,
+    resolve_precision,
+)
 from policies.training.data import (
     EditExamples,
+    Example,
     StepBatchSampler,
+    aspect_buckets,
     build_loader,
     mixed_seed,
     read_manifest,
     read_supervised_set,
 )
+from policies.training.distributed import Dist, setup_distributed
+from policies.training.ema import FP32EMA
+from policies.training.encodings import (
+    EncodedExamples,
+    EncodingCache,
+    encoder_fingerprint,
+    precompute_encodings,
+)
 from policies.training.layout import (
-    DEEPSPEED_DIR,
     DIE_WITH_PARENT_ENV,
     FINAL_DIR,
     LOSS_LOG,
     METRICS_FILE,
     PROGRESS_FILE,
     TrainResult,
+    append_loss,
     read_final,
+    read_losses,
+    truncate_loss_log,
+    write_json,
 )
+from policies.training.lifetime import die_with_parent
 from policies.training.objectives import build_objective, objective_name
+from policies.training.objectives.base import Objective
 from store.objects import ObjectStore
 
 log = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-@dataclass(frozen=True)
-class _Dist:
-    rank: int
-    world_size: int
-    device: torch.device
-    owns_group: bool  # created here, so destroyed at the end of the run
+@dataclass
+class _Data:
+    """What the training loop reads: a dataset, how to batch it and how to take its loss."""
+
+    dataset: Any
+    collate: Callable[[list[Any]], Any] | None
+    loss: Callable[[Any, Any, torch.Generator], torch.Tensor]
+    pool_buckets: list[int] | None
+    replay_buckets: list[int] | None
+    metrics: dict[str, float]
 
 
-def die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent (the launcher) dies."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() == 1:  # the parent died before the request was in place
-        os._exit(1)
+def _zero_init(ds_config: dict[str, Any]) -> Callable[[], Any]:
+    """Under ZeRO-3: a context in which every parameter is partitioned as it is created, in the
+    config's precision (DeepSpeed 0.19 ignores an explicit dtype on a CPU-only machine and picks
+    bf16: `dtype or fp16 if fp16_supported else ...` binds the wrong way; the config's is right)."""
+    return lambda: deepspeed.zero.Init(config_dict_or_path=ds_config)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def partitioned_fraction(module: torch.nn.Module) -> float:
+    """The share of `module`'s parameter elements held as ZeRO-3 partitions (1.0: no rank holds
+    any whole parameter; the module's own tensors are empty placeholders)."""
+    total = partitioned = 0
+    for parameter in module.parameters():
+        numel = getattr(parameter, "ds_numel", parameter.numel())
+        total += numel
+        if hasattr(parameter, "ds_id") and parameter.numel() == 0:
+            partitioned += numel
+    return partitioned / total if total else 0.0
 
 
-def setup_distributed() -> _Dist:
-    """Join (or, without a launcher, create) the process group; one device per rank. A caller
-    that set the group up itself (several runs in one process) keeps it after each run."""
-    if "RANK" not in os.environ:
-        # A plain `python -m ...` run: a world of one.
-        os.environ.update(
-            RANK="0",
-            LOCAL_RANK="0",
-            WORLD_SIZE="1",
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())),
-        )
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-        backend = "nccl"
+def _prepare_data(
+    config: TrainConfig,
+    objective: Objective,
+    examples: list[Example],
+    open_store: Callable[[], ObjectStore],
+    world: "Dist",
+    output_dir: Path,
+    log_fn: Callable[[str], None],
+) -> _Data:
+    """The training data: for objectives with frozen encoders, every example encoded once into
+    the cache and the encoders freed; for the pixel editor, images."""
+    resolution = config.resolution or objective.train_resolution  # type: ignore[attr-defined]
+    if not hasattr(objective, "encode_examples"):
+        dataset = EditExamples(examples, open_store, resolution)
+        return _Data(dataset, None, objective.loss, None, None, {})
+    multiple = objective.multiple  # type: ignore[attr-defined]
+    if config.aspect_buckets:
+        buckets = aspect_buckets(resolution, multiple)
     else:
-        device = torch.device("cpu")
-        backend = "gloo"
-    owns_group = not dist.is_initialized()
-    if owns_group:
-        deepspeed.init_distributed(dist_backend=backend)
-    return _Dist(
-        rank=dist.get_rank(), world_size=dist.get_world_size(), device=device, owns_group=owns_group
+        side = max(multiple, resolution // multiple * multiple)
+        buckets = [(side, side)]
+    images = EditExamples(examples, open_store, resolution, buckets)
+    cache = EncodingCache(Path(config.encoding_cache or output_dir / "encodings"))
+    dtype = objective.dtype  # type: ignore[attr-defined]
+    fingerprint = encoder_fingerprint(
+        objective.model_dir,  # type: ignore[attr-defined]
+        objective.encoders,  # type: ignore[attr-defined]
+        dtype,
+    )
+    manifest_key = hashlib.sha256(
+        "".join(json.dumps(asdict(e), sort_keys=True) for e in examples).encode()
+    ).hexdigest()[:16]
+    bar = tqdm(
+        total=len(examples),
+        desc="encode",
+        unit="example",
+        disable=not (world.rank == 0 and config.progress_bar),
+    )
+    index = precompute_encodings(
+        objective,  # type: ignore[arg-type]
+        images,
+        cache,
+        fingerprint=fingerprint,
+        rank=world.rank,
+        world_size=world.world_size,
+        batch_size=config.micro_batch_size,
+        index_dir=output_dir / "encodings-index" / manifest_key,
+        barrier=dist.barrier,
+        num_workers=config.num_workers,
+        # Every rank encodes a share; the bar counts rank 0's, scaled to the whole.
+        progress=lambda n: bar.update(n * world.world_size),
+    )
+    bar.close()
+    # The frozen encoders' memory goes to training now (T5-XXL or a 7B Qwen2.5-VL: 10-16 GB).
+    objective.free_encoders()  # type: ignore[attr-defined]
+    gc.collect()
+    if world.device.type == "cuda":
+        torch.cuda.empty_cache()
+    counts = torch.tensor([index.computed, index.reused], dtype=torch.float64)
+    dist.all_reduce(counts)
+    computed, reused = counts.tolist()
+    log_fn(f"encoded {computed:.0f} examples, {reused:.0f} found in {cache.folder}; encoders freed")
+    return _Data(
+        dataset=EncodedExamples(cache, index.keys),
+        collate=objective.collate,  # type: ignore[attr-defined]
+        loss=objective.loss_encoded,  # type: ignore[attr-defined]
+        pool_buckets=index.buckets,
+        replay_buckets=None,
+        metrics={
+            "train/encodings_computed": computed,
+            "train/encodings_reused": reused,
+            "train/buckets": float(len(set(index.buckets))),
+            "train/resolution": float(resolution),
+        },
     )
 
 
@@ -141,18 +222,28 @@ def train(
         raise ValueError(f"manifest={config.manifest!r} holds no examples: nothing to train on")
     precision = resolve_precision(config.precision, world.device.type)
     ds_config = deepspeed_config(config, precision=precision)
+    dtype = _DTYPES[precision]
     torch.manual_seed(config.seed)  # adapter initialisation (LoRA) is the same on every rank
-    objective = build_objective(config, world.device, _DTYPES[precision])
+    zero_init = _zero_init(ds_config) if config.zero_stage == 3 else None
+    objective = build_objective(config, world.device, dtype, zero_init)
     module = objective.trainable()
+    # Measured before the engine: under ZeRO-3 no rank ever held the whole denoiser.
+    partitioned = partitioned_fraction(module)
+    data = _prepare_data(config, objective, pool + replay, open_store, world, output_dir, log_fn)
     parameters = [p for p in module.parameters() if p.requires_grad]
     optimizer, schedule = None, None
     if "optimizer" not in ds_config:  # a user config may name its own (e.g. FusedAdam on GPU)
         optimizer = torch.optim.AdamW(
             parameters, lr=config.learning_rate, weight_decay=config.weight_decay
         )
-        warmup = config.warmup_steps
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(1.0, (step + 1) / (warmup + 1))
+            optimizer,
+            lambda step: learning_rate_factor(
+                step,
+                warmup=config.warmup_steps,
+                max_steps=config.max_steps,
+                schedule=config.lr_schedule,
+            ),
         )
     engine, _, _, _ = deepspeed.initialize(
         model=module,
@@ -162,9 +253,10 @@ def train(
         config=ds_config,
         dist_init_required=False,
     )
-    ema = EMAModel(parameters, decay=config.ema_decay) if config.ema_decay > 0 else None
-    data_key = _data_key(config, world.world_size)
-    start_step = _resume(engine, ema, output_dir, data_key, log_fn)
+    ema = FP32EMA(parameters, config.ema_decay) if config.ema_decay > 0 else None
+    data_key = run_data_key(config, world.world_size)
+    start_step = resume(engine, ema, output_dir, data_key, log_fn)
+    buckets = data.pool_buckets
     sampler = StepBatchSampler(
         pool_size=len(pool),
         replay_size=len(replay),
@@ -176,16 +268,19 @@ def train(
         seed=config.seed,
         start_step=start_step,
         max_steps=config.max_steps,
+        pool_buckets=buckets[: len(pool)] if buckets is not None else None,
+        replay_buckets=buckets[len(pool) :] if buckets is not None else None,
     )
     loader = build_loader(
-        EditExamples(pool + replay, open_store, config.resolution),
+        data.dataset,
         sampler,
         num_workers=config.num_workers,
         prefetch_factor=config.prefetch_factor,
         pin_memory=world.device.type == "cuda",
+        collate_fn=data.collate,
     )
     if rank0:
-        _truncate_loss_log(output_dir / LOSS_LOG, start_step)
+        truncate_loss_log(output_dir / LOSS_LOG, start_step)
 
     # ---- train -------------------------------------------------------------------------
     engine.train()
@@ -204,7 +299,7 @@ def train(
             generator = torch.Generator().manual_seed(
                 mixed_seed(config.seed, "noise", step, micro, world.rank)
             )
-            loss = objective.loss(engine, next(batches), generator)
+            loss = data.loss(engine, next(batches), generator)
             engine.backward(loss)
             engine.step()
             step_loss += loss.detach() / config.gradient_accumulation
@@ -214,12 +309,12 @@ def train(
         mean_loss = step_loss.item() / world.world_size
         done = step + 1
         if rank0:
-            _append_loss(output_dir / LOSS_LOG, done, mean_loss, engine.get_lr()[0])
-            _write_json(output_dir / PROGRESS_FILE, {"step": done, "max_steps": config.max_steps})
+            append_loss(output_dir / LOSS_LOG, done, mean_loss, engine.get_lr()[0])
+            write_json(output_dir / PROGRESS_FILE, {"step": done, "max_steps": config.max_steps})
             bar.set_postfix(loss=f"{mean_loss:.4f}")
             bar.update(1)
         if config.save_every and done % config.save_every == 0 and done < config.max_steps:
-            _save_deepspeed(engine, ema, output_dir, done, data_key, config.keep_checkpoints)
+            save_deepspeed(engine, ema, output_dir, done, data_key, config.keep_checkpoints)
     bar.close()
     seconds = time.perf_counter() - started
 
@@ -234,11 +329,10 @@ def train(
     staging = output_dir / f".{FINAL_DIR}-tmp"
     if rank0:
         shutil.rmtree(staging, ignore_errors=True)
-    with _whole_parameters(module, config.zero_stage), _ema_weights(ema, parameters):
-        if rank0:
-            objective.save(staging)
+    with _ema_weights(ema, parameters):
+        save_final(engine, objective, module, config.zero_stage, staging, rank0)
     if rank0:
-        losses = _read_losses(output_dir / LOSS_LOG)
+        losses = read_losses(output_dir / LOSS_LOG)
         steps_run = config.max_steps - start_step
         samples = steps_run * config.global_batch_per_rank * world.world_size
         window = max(1, min(10, len(losses) // 4))
@@ -252,11 +346,16 @@ def train(
             "train/world_size": float(world.world_size),
             "train/seconds": seconds,
             "train/samples_per_s": samples / seconds if seconds > 0 else 0.0,
+            "train/zero3_partitioned_at_init": partitioned,
+            "train/gradient_checkpointing": float(
+                bool(getattr(module, "is_gradient_checkpointing", False))
+            ),
+            **data.metrics,
         }
         result = TrainResult(**{**asdict(result), "metrics": metrics})
         shutil.copy(output_dir / LOSS_LOG, staging / LOSS_LOG)
         summary = {"result": asdict(result), "config": asdict(config), "precision": precision}
-        _write_json(staging / METRICS_FILE, summary)
+        write_json(staging / METRICS_FILE, summary)
         staging.replace(output_dir / FINAL_DIR)
         log_fn(
             f"trained {config.max_steps} steps (from step {start_step}), loss "
@@ -271,76 +370,10 @@ def train(
     return result
 
 
-def _data_key(config: TrainConfig, world_size: int) -> dict[str, Any]:
-    """What must not change between a checkpoint and its resumption (else the data order does)."""
-    manifests = [Path(config.manifest)] + (
-        [Path(config.replay_manifest)] if config.replay_manifest else []
-    )
-    return {
-        "manifests": [_sha256(path) for path in manifests],
-        "seed": config.seed,
-        "world_size": world_size,
-        "micro_batch_size": config.micro_batch_size,
-        "gradient_accumulation": config.gradient_accumulation,
-        "replay_fraction": config.replay_fraction,
-    }
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _resume(
-    engine: Any, ema: EMAModel | None, output_dir: Path, data_key: dict, log_fn: Callable
-) -> int:
-    """Load the newest DeepSpeed checkpoint, if any; returns the step to continue from."""
-    folder = output_dir / DEEPSPEED_DIR
-    if not (folder / "latest").is_file():
-        return 0
-    path, client = engine.load_checkpoint(str(folder))
-    if path is None:
-        raise RuntimeError(f"{folder}: `latest` names a checkpoint DeepSpeed cannot load")
-    if client.get("data_key") != data_key:
-        raise ValueError(
-            f"output_dir={str(output_dir)!r} holds checkpoints of a run with other data or "
-            f"batch shape ({client.get('data_key')} ≠ {data_key}); use a fresh output_dir"
-        )
-    if ema is not None:
-        ema.load_state_dict(client["ema"])
-    step = int(client["step"])
-    log_fn(f"resumed from the DeepSpeed checkpoint at step {step} ({path})")
-    return step
-
-
-def _save_deepspeed(
-    engine: Any, ema: EMAModel | None, output_dir: Path, step: int, data_key: dict, keep: int
-) -> None:
-    """A DeepSpeed checkpoint (every rank writes its shard); then the oldest beyond `keep` go."""
-    folder = output_dir / DEEPSPEED_DIR
-    client = {"step": step, "data_key": data_key}
-    if ema is not None:
-        client["ema"] = ema.state_dict()
-    # DeepSpeed writes `latest` only after every shard is saved: a crash mid-save resumes from
-    # the previous checkpoint.
-    engine.save_checkpoint(str(folder), tag=f"step-{step:08d}", client_state=client)
-    dist.barrier()
-    if dist.get_rank() == 0:
-        tags = sorted(p for p in folder.glob("step-*") if p.is_dir())
-        for old in tags[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _whole_parameters(module: torch.nn.Module, zero_stage: int) -> AbstractContextManager[Any]:
-    """Every rank enters it; inside, ZeRO-3's partitioned parameters are whole again."""
-    if zero_stage != 3:
-        return nullcontext()
-    return deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
-
-
 class _ema_weights(AbstractContextManager[None]):  # noqa: N801 - used like a function
     """Inside, the trained parameters hold the EMA weights (restored on exit)."""
 
-    def __init__(self, ema: EMAModel | None, parameters: list[torch.nn.Parameter]) -> None:
+    def __init__(self, ema: FP32EMA | None, parameters: list[torch.nn.Parameter]) -> None:
         self.ema = ema
         self.parameters = parameters
 
@@ -352,34 +385,3 @@ class _ema_weights(AbstractContextManager[None]):  # noqa: N801 - used like a fu
     def __exit__(self, *exc: object) -> None:
         if self.ema is not None:
             self.ema.restore(self.parameters)
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    tmp.replace(path)
-
-
-def _append_loss(path: Path, step: int, loss: float, lr: float) -> None:
-    with path.open("a") as handle:
-        handle.write(json.dumps({"step": step, "train/loss": loss, "train/lr": lr}) + "\n")
-
-
-def _loss_rows(path: Path) -> Iterator[dict[str, Any]]:
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                yield json.loads(line)
-
-
-def _read_losses(path: Path) -> list[float]:
-    return [row["train/loss"] for row in _loss_rows(path)]
-
-
-def _truncate_loss_log(path: Path, step: int) -> None:
-    """Keep the rows of steps up to `step`: later ones were logged after the checkpoint resumed
-    from, and are run again."""
-    rows = [row for row in _loss_rows(path) if row["step"] <= step]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    tmp.replace(path)

@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from policies.training.config import TrainConfig
 
@@ -23,6 +23,18 @@ class TrainingSettings(BaseModel):
         "torchrun", description="how ranks are started; none = one process, no launcher"
     )
     nproc_per_node: int = Field(1, gt=0, description="ranks per node (GPUs, or CPU processes)")
+    nnodes: int = Field(
+        1,
+        gt=0,
+        description="training nodes per job (torchrun): node 0's trainer claims jobs, the others "
+        "follow it into each job; the work_dir must be shared by every node",
+    )
+    node_rank: int = Field(0, ge=0, description="this node's rank among the nnodes, 0 = the leader")
+    rdzv_endpoint: str = Field(
+        "",
+        description="host:port of node 0 where the nodes' ranks meet (torchrun's master "
+        "address and port); required when nnodes > 1",
+    )
     lease_s: float = Field(
         60.0,
         gt=0,
@@ -61,6 +73,24 @@ class TrainingSettings(BaseModel):
         0.0, ge=0, description="promote unless the mean overall score drops by more than this"
     )
     eval_seed: int = Field(0, ge=0, description="edit seeds of the held-out tasks (task id added)")
+
+    @model_validator(mode="after")
+    def _check_nodes(self) -> "TrainingSettings":
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"node_rank={self.node_rank} is not below nnodes={self.nnodes}")
+        if self.nnodes > 1:
+            if self.launcher != "torchrun":
+                raise ValueError(
+                    f"nnodes={self.nnodes} with launcher={self.launcher}: several nodes train "
+                    "under torchrun (set launcher=torchrun)"
+                )
+            host, _, port = self.rdzv_endpoint.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(
+                    f"rdzv_endpoint={self.rdzv_endpoint!r}: nnodes={self.nnodes} needs node 0's "
+                    "host:port (e.g. trainer-0:29500), the same on every node"
+                )
+        return self
 
     @field_validator("recipe")
     @classmethod

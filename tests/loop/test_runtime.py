@@ -2,10 +2,11 @@
 
 from pathlib import Path
 
+import pytest
 import torch
 
-from loop.runtime import load_editor, load_model_judges
-from loop.settings import Settings
+from loop.runtime import build_worker_context, judge_settings, load_editor, load_model_judges
+from loop.settings import Settings, SettingsError
 from policies.editor import BASE_VERSION
 from policies.pixel_config import PixelEditorConfig
 from policies.pixel_editor import PixelEditor, PixelEditorModel
@@ -52,3 +53,24 @@ def test_the_shapes_backend_gives_the_exact_judges(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, judge=JudgeSettings(backend="shapes"))
     scorer, reflector = load_model_judges(settings)
     assert isinstance(scorer, ShapesScorer) and isinstance(reflector, ShapesReflector)
+
+
+def test_a_worker_refuses_to_start_with_a_judge_that_cannot_reflect(tmp_path: Path) -> None:
+    (tmp_path / "judge").mkdir()
+    (tmp_path / "judge" / "config.json").write_text("{}")  # a real judge's folder
+    settings = Settings(data_dir=tmp_path, judge=JudgeSettings(model=str(tmp_path / "judge")))
+    with pytest.raises(SettingsError, match="EDITLOOP_JUDGE__REFLECTOR_MODEL"):
+        build_worker_context(settings)  # before the database, the store or any model
+
+
+def test_the_judge_runs_on_the_editor_s_device_unless_it_names_its_own(tmp_path: Path) -> None:
+    editor = EditorSettings(device="cuda:2")
+    assert judge_settings(Settings(data_dir=tmp_path, editor=editor)).device == "cuda:2"
+    own = Settings(data_dir=tmp_path, editor=editor, judge=JudgeSettings(device="cuda:3"))
+    assert judge_settings(own).device == "cuda:3"
+
+
+def test_the_gate_loads_no_reflector(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, judge=JudgeSettings(backend="shapes"))
+    scorer, reflector = load_model_judges(settings, with_reflector=False)
+    assert isinstance(scorer, ShapesScorer) and reflector is None

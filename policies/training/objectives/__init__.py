@@ -26,7 +26,7 @@ import torch
 from policies.pipelines import pipeline_spec
 from policies.pixel_editor import is_pixel_editor
 from policies.training.config import TrainConfig
-from policies.training.objectives.base import Objective
+from policies.training.objectives.base import Objective, ZeroInit
 from policies.training.objectives.flow import FlowMatchingObjective
 from policies.training.objectives.ip2p import InstructPix2PixObjective
 from policies.training.objectives.pixel import PixelObjective
@@ -42,11 +42,18 @@ def objective_name(config: TrainConfig) -> str:
     return "flow" if spec.denoiser == "transformer" else "ip2p"
 
 
-def build_objective(config: TrainConfig, device: torch.device, dtype: torch.dtype) -> Objective:
-    """The objective of `config`, its frozen parts on `device` in `dtype` (the compute dtype)."""
+def build_objective(
+    config: TrainConfig,
+    device: torch.device,
+    dtype: torch.dtype,
+    zero_init: ZeroInit | None = None,
+) -> Objective:
+    """The objective of `config`, every part in `dtype` (the compute dtype), the frozen ones on
+    `device`; with `zero_init` (ZeRO-3) the denoiser is built partitioned (the pixel editor,
+    1.7 M parameters, is built whole)."""
     name = objective_name(config)
     if name == "pixel":
-        return PixelObjective(config, device)
+        return PixelObjective(config, device, dtype)
     if name == "flow":
-        return FlowMatchingObjective(config, device, dtype)
-    return InstructPix2PixObjective(config, device, dtype)
+        return FlowMatchingObjective(config, device, dtype, zero_init)
+    return InstructPix2PixObjective(config, device, dtype, zero_init)

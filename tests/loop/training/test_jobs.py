@@ -6,13 +6,17 @@ shapes scorer.
 """
 
 import contextlib
+import gc
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+import weakref
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -22,14 +26,16 @@ from safetensors.torch import load_file
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from loop.training.jobs import run_trainer
+from loop.training.jobs import TrainerParts, job_to_follow, prepare_job, process_job, run_trainer
 from loop.training.launcher import job_folder, launch_command
 from loop.training.lease import claim_job, end_job, renew_lease
+from loop.training.models import GateModels
 from migrations import upgrade
 from policies.checkpoints import fetch_checkpoint
-from policies.training.layout import FINAL_DIR, LOSS_LOG, read_progress
+from policies.training.layout import FINAL_DIR, LOSS_LOG, METRICS_FILE, TrainResult, read_progress
 from policies.training.settings import TrainingSettings
 from policies.types import EditRequest
+from rewards.shapes_judge import ShapesScorer
 from store.db import make_engine, make_session_factory
 from store.models import Checkpoint, CheckpointStatus, TrainJob, TrainJobStatus
 from store.objects import LocalStore
@@ -183,6 +189,44 @@ def test_launch_commands() -> None:
     ]  # fmt: skip
     with pytest.raises(ValueError, match="nproc_per_node=2"):
         launch_command(TrainingSettings(launcher="none", nproc_per_node=2), config)
+    # Node 1 of 2: its ranks meet node 0's at the fixed endpoint.
+    node = TrainingSettings(nproc_per_node=8, nnodes=2, node_rank=1, rdzv_endpoint="t0:29500")
+    assert launch_command(node, config)[3:15] == [
+        "--nproc_per_node", "8", "--nnodes", "2", "--node_rank", "1",
+        "--master_addr", "t0", "--master_port", "29500", "-m", "loop.cli.train",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"nnodes": 2}, "rdzv_endpoint"),
+        ({"nnodes": 2, "rdzv_endpoint": "t0"}, "rdzv_endpoint"),
+        ({"nnodes": 2, "rdzv_endpoint": "t0:1", "launcher": "deepspeed"}, "launcher=torchrun"),
+        ({"node_rank": 1}, "node_rank=1 is not below nnodes=1"),
+    ],
+)
+def test_multi_node_settings_are_checked(settings: dict, named: str) -> None:
+    with pytest.raises(ValidationError, match=named):
+        TrainingSettings(**settings)
+
+
+def test_a_follower_node_joins_running_prepared_unfinished_jobs(tmp_path: Path) -> None:
+    factory = database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    work = tmp_path / "work"
+    prepared, finished, unprepared, queued = queue_jobs(factory, 4)
+    claimed = [claim_job(factory, owner="node0", lease_s=60, max_claims=3) for _ in range(3)]
+    assert claimed == [prepared, finished, unprepared]  # the oldest first; `queued` is not
+    for job in (prepared, finished, queued):
+        job_folder(work, job).mkdir(parents=True)
+        (job_folder(work, job) / "job.json").write_text("{}")
+    final = job_folder(work, finished) / "run" / FINAL_DIR
+    final.mkdir(parents=True)
+    result = TrainResult(str(final), "full", "ip2p", 1, {})
+    (final / METRICS_FILE).write_text(json.dumps({"result": asdict(result)}))
+    assert job_to_follow(factory, work, set()) == (prepared, 1)
+    # Joined once per claim: node 0 retrying the job (a new claim) is a new launch to join.
+    assert job_to_follow(factory, work, {(prepared, 1)}) is None
 
 
 def test_a_job_without_examples_fails_with_the_reason(tmp_path: Path) -> None:
@@ -354,3 +398,50 @@ def test_a_killed_trainer_s_job_is_resumed_by_another_to_the_same_weights(
     assert max((resumed[k] - uninterrupted[k]).abs().max().item() for k in resumed) <= 1e-6
     with factory() as session:
         assert session.scalars(select(Checkpoint.status)).all() == [CheckpointStatus.PROMOTED]
+
+
+def test_the_gate_s_editor_and_scorer_are_released_after_the_job(
+    tmp_path: Path, tiny_instruct_pix2pix: Path, tiny_full_checkpoint: Path
+) -> None:
+    factory = database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    store = LocalStore(tmp_path / "objects")
+    seeded = seed_pool(factory, store, single=2, compound=0, heldout=2)
+    (job,) = queue_jobs(factory, 1, {"run_id": seeded.run_id})
+    editors: list[weakref.ref] = []
+
+    def load_editor(old, checkpoint):  # type: ignore[no-untyped-def]
+        editor = old or make_editor(tiny_instruct_pix2pix)
+        editors.append(weakref.ref(editor))
+        if checkpoint is None:
+            editor.use_base()
+        else:
+            folder = fetch_checkpoint(store, checkpoint.object_prefix, tmp_path / "cache")
+            editor.use_checkpoint(checkpoint.version, folder)
+        return editor
+
+    models = GateModels(load_editor, ShapesScorer)
+
+    def verify(folder: Path) -> None:
+        models.editor(None).use_checkpoint("candidate", folder)
+        models.editor(None).use_base()
+
+    parts = TrainerParts(
+        factory=factory, store=store, settings=TrainingSettings(eval_tasks=2, eval_margin=5.0),
+        work_dir=tmp_path / "work", model=str(tiny_instruct_pix2pix),
+        cache_dir=tmp_path / "cache", editor_for=models.editor, verify=verify,
+        load_scorer=models.scorer, release=models.release,
+    )  # fmt: skip
+    assert claim_job(factory, owner="t", lease_s=60, max_claims=3) == job
+    prepared = prepare_job(parts, job)
+    # The run already finished (its final/ is there): the job publishes and gates it.
+    final = prepared.folder / "run" / FINAL_DIR
+    shutil.copytree(tiny_full_checkpoint, final)
+    result = TrainResult(str(final), "full", "ip2p", prepared.sample_count, {})
+    (final / METRICS_FILE).write_text(json.dumps({"result": asdict(result)}))
+    assert process_job(parts, job, owner="t") == "finished"
+    with factory() as session:
+        status = session.scalars(select(Checkpoint.status)).one()
+    assert status == CheckpointStatus.PROMOTED
+    assert editors and not models.loaded
+    gc.collect()
+    assert all(ref() is None for ref in editors)  # no editor left for the next job's ranks

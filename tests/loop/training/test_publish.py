@@ -1,5 +1,6 @@
 """Publishing a checkpoint: staged, verified, then one `ready` row; failures publish nothing."""
 
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,17 +21,25 @@ from tests.fixtures.training import tiny_editor
 
 
 class InterceptedStore:
-    """An object store whose `put` calls `before_put(count, key, data)` first (which may stop
-    the server or return other bytes to write)."""
+    """An object store whose file uploads (`fput`) call `before_put(count, key, path)` first
+    (which may stop the server or return another file to send); it counts every upload."""
 
-    def __init__(self, inner: ObjectStore, before_put: Callable[[int, str, bytes], bytes]) -> None:
+    def __init__(self, inner: ObjectStore, before_put: Callable[[int, str, Path], Path]) -> None:
         self.inner = inner
         self.before_put = before_put
         self.puts = 0
+        self.uploaded_bytes = 0
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         self.puts += 1
-        self.inner.put(key, self.before_put(self.puts, key, data), content_type)
+        self.uploaded_bytes += len(data)
+        self.inner.put(key, data, content_type)
+
+    def fput(self, key: str, path: Path, content_type: str = "application/octet-stream") -> str:
+        self.puts += 1
+        path = self.before_put(self.puts, key, path)
+        self.uploaded_bytes += path.stat().st_size
+        return self.inner.fput(key, path, content_type)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -122,11 +131,13 @@ def test_a_checkpoint_that_does_not_load_is_not_published(
 def test_a_corrupted_upload_is_caught_by_its_checksum(
     factory, tmp_path: Path, tiny_full_checkpoint: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    def corrupt(count: int, key: str, data: bytes) -> bytes:
+    def corrupt(count: int, key: str, path: Path) -> Path:
         # Same size, one byte flipped, in the staged copy of the weights.
         if key.endswith(".safetensors"):
-            return data[:-1] + bytes([data[-1] ^ 1])
-        return data
+            data = path.read_bytes()
+            path = tmp_path / "corrupted.safetensors"
+            path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+        return path
 
     store = InterceptedStore(LocalStore(tmp_path / "objects"), corrupt)
     with pytest.raises(PublishError, match="checksum differs"):
@@ -148,12 +159,12 @@ def test_store_down_mid_upload_publishes_nothing_and_a_retry_publishes_once(
     try:
         s3 = make_s3_store(proxy.endpoint, retries=1, backoff_s=0.05, timeout_s=2.0)
 
-        def stop_at_third(count: int, key: str, data: bytes) -> bytes:
-            if count == 3:  # the upload is half done: the endpoint goes away
+        def stop_at_second(count: int, key: str, path: Path) -> Path:
+            if count == 2:  # the upload is half done (one of two files): the endpoint goes away
                 proxy.stop()
-            return data
+            return path
 
-        store = InterceptedStore(s3, stop_at_third)
+        store = InterceptedStore(s3, stop_at_second)
         arguments = publish_args(tiny_full_checkpoint, "v1", make_verify(tiny_instruct_pix2pix))
         with pytest.raises(StoreUnavailable):
             publish(factory=factory, store=store, **arguments)  # type: ignore[arg-type]
@@ -174,3 +185,47 @@ def test_store_down_mid_upload_publishes_nothing_and_a_retry_publishes_once(
     finally:
         proxy.stop()
         server.stop()
+
+
+@pytest.mark.services
+def test_a_checkpoint_larger_than_the_memory_cap_is_streamed_and_uploaded_once(
+    factory, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A 64 MiB shard is published to S3 (a moto process: only this side is measured) with at
+    most 32 MiB of Python allocations, and every byte is uploaded once: the final prefix is a
+    copy inside the store, not a second upload."""
+    folder = tmp_path / "checkpoint"
+    (folder / "transformer").mkdir(parents=True)
+    (folder / "transformer" / "config.json").write_text('{"_class_name": "Big"}')
+    with (folder / "transformer" / "diffusion_pytorch_model.safetensors").open("wb") as handle:
+        for index in range(64):
+            handle.write(bytes([index]) * (1024 * 1024))
+    files = folder_files(folder)
+    seen: list[int] = []
+
+    def verify(local: Path) -> None:  # what a load check sees: the whole shard, streamed back
+        seen.append((local / "transformer" / "diffusion_pytorch_model.safetensors").stat().st_size)
+
+    server = MotoProcess()
+    server.start()
+    try:
+        s3 = make_s3_store(server.endpoint, part_size=5 * 1024 * 1024, parallel_uploads=2)
+        s3.put("warm-up", b"")  # the bucket, created outside the measurement
+        store = InterceptedStore(s3, lambda count, key, path: path)
+        arguments = publish_args(folder, "big-v1", verify)
+        tracemalloc.start()
+        publish(factory=factory, store=store, **arguments)  # type: ignore[arg-type]
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        manifest = s3.stat(f"checkpoints/big-v1/{CHECKPOINT_MANIFEST}").size
+        assert set(s3.list("checkpoints/big-v1/")) == {
+            f"checkpoints/big-v1/{f.path}" for f in files
+        } | {f"checkpoints/big-v1/{CHECKPOINT_MANIFEST}"}
+        assert not list(s3.list("checkpoints/.staging/"))
+    finally:
+        server.stop()
+    assert peak < 32 * 1024 * 1024, f"peak {peak / 2**20:.1f} MiB"
+    assert seen == [64 * 1024 * 1024]
+    assert store.uploaded_bytes == sum(f.size for f in files) + manifest
+    (row,) = rows(factory)
+    assert row.status == CheckpointStatus.READY

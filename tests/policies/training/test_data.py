@@ -12,6 +12,7 @@ from PIL import Image
 from policies.training.config import (
     TrainConfig,
     deepspeed_config,
+    learning_rate_factor,
     load_train_config,
     parse_overrides,
     resolve_precision,
@@ -21,7 +22,9 @@ from policies.training.data import (
     EpochOrder,
     Example,
     StepBatchSampler,
+    aspect_buckets,
     build_loader,
+    nearest_bucket,
     read_manifest,
     read_supervised_set,
     replay_per_step,
@@ -59,6 +62,9 @@ def test_config_file_with_typed_overrides(tmp_path: Path) -> None:
         ({"replay_fraction": 0.5}, "replay_manifest"),
         ({"ema_decay": 0.99, "zero_stage": 3}, "ema_decay"),
         ({"manifest": ""}, "manifest"),
+        ({"gradient_checkpointing": "yes"}, "gradient_checkpointing"),
+        ({"lr_schedule": "linear"}, "lr_schedule"),
+        ({"lr_schedule": "cosine", "warmup_steps": 100}, "warmup_steps"),
     ],
 )
 def test_bad_config_values_are_named(change: dict, named: str) -> None:
@@ -263,3 +269,76 @@ def test_pixel_values_survive_the_loader() -> None:
     tensor = to_training_tensor(Image.fromarray(array), 16)
     back = ((tensor.permute(1, 2, 0) + 1) * 127.5).round().to(torch.uint8).numpy()
     assert np.array_equal(back, array)
+
+
+# ---- real-size data: aspect-ratio buckets, a learning-rate schedule -----------------------------
+
+
+def test_buckets_keep_the_area_under_the_resolution_and_the_multiple() -> None:
+    buckets = aspect_buckets(1024, 16)
+    assert buckets[0] == (1024, 1024)
+    assert (1184, 880) in buckets and (880, 1184) in buckets  # 4:3 and 3:4
+    for width, height in buckets:
+        assert width * height <= 1024 * 1024 and width % 16 == 0 and height % 16 == 0
+    assert len(buckets) == len(set(buckets)) == 9
+    assert buckets[nearest_bucket(1920, 1080, buckets)] == (1360, 768)  # 16:9
+    assert buckets[nearest_bucket(512, 512, buckets)] == (1024, 1024)
+    assert buckets[nearest_bucket(600, 1300, buckets)][0] < buckets[0][0]  # portrait
+    assert aspect_buckets(32, 8)[0] == (32, 32)
+
+
+def test_a_non_square_image_is_cover_resized_and_centre_cropped() -> None:
+    image = Image.new("RGB", (300, 100), (255, 255, 255))
+    image.paste((0, 0, 0), (140, 0, 160, 100))  # a dark band in the middle survives the crop
+    tensor = to_training_tensor(image, (64, 32))
+    assert tensor.shape == (3, 32, 64)
+    assert tensor[:, :, 32].max().item() < -0.9 and tensor[:, :, 0].min().item() > 0.9
+
+
+def test_bucketed_steps_take_one_bucket_each_and_are_a_function_of_the_step() -> None:
+    # Pool: 6 examples in bucket 0 (square), 3 in bucket 1 (landscape); replay in bucket 0 only.
+    pool_buckets = [0, 1, 0, 0, 1, 0, 0, 1, 0]
+    kwargs = {
+        "pool_size": 9, "replay_size": 2, "replay_fraction": 0.25, "micro_batch": 2,
+        "accumulation": 1, "world_size": 2, "seed": 3, "max_steps": 12,
+        "pool_buckets": pool_buckets, "replay_buckets": [0, 0],
+    }  # fmt: skip
+    ranks = [list(StepBatchSampler(rank=r, start_step=0, **kwargs)) for r in (0, 1)]
+    buckets_seen = Counter()
+    for step in range(12):
+        batch = ranks[0][step] + ranks[1][step]
+        kinds = {pool_buckets[i] if i < 9 else 0 for i in batch}
+        assert len(kinds) == 1  # one size per step: every micro-batch stacks
+        bucket = kinds.pop()
+        buckets_seen[bucket] += 1
+        replayed = [i for i in batch if i >= 9]
+        assert len(replayed) == (1 if bucket == 0 else 0)  # replay only where it has examples
+    assert set(buckets_seen) == {0, 1}
+    # Resumed at step 5, the same batches as the uninterrupted run.
+    resumed = list(StepBatchSampler(rank=0, start_step=5, **kwargs))
+    assert resumed == ranks[0][5:]
+
+
+def test_one_bucket_keeps_the_plain_order() -> None:
+    kwargs = {
+        "pool_size": 7, "replay_size": 0, "replay_fraction": 0.0, "micro_batch": 3,
+        "accumulation": 2, "world_size": 1, "rank": 0, "seed": 1, "start_step": 0,
+        "max_steps": 5,
+    }  # fmt: skip
+    plain = list(StepBatchSampler(**kwargs))
+    assert list(StepBatchSampler(**kwargs, pool_buckets=[2] * 7)) == plain
+
+
+def test_learning_rate_warms_up_then_holds_or_decays() -> None:
+    def factors(schedule: str) -> list[float]:
+        return [
+            learning_rate_factor(step, warmup=3, max_steps=10, schedule=schedule)
+            for step in range(10)
+        ]
+
+    assert factors("constant")[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert factors("constant")[4:] == [1.0] * 6
+    cosine = factors("cosine")
+    assert cosine[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert all(a > b for a, b in zip(cosine[3:], cosine[4:], strict=False))
+    assert cosine[-1] == pytest.approx(0.5 * (1 + np.cos(np.pi * 6 / 7)))

@@ -20,11 +20,12 @@ from policies.editor import InstructionEditor
 from policies.settings import EditorSettings
 from policies.training.config import TrainConfig
 from policies.training.data import EditExamples, read_manifest
+from policies.training.distributed import setup_distributed
 from policies.training.layout import LOSS_LOG, TrainResult
 from policies.training.objectives import objective_name
 from policies.training.objectives.flow import FlowMatchingObjective
 from policies.training.objectives.ip2p import InstructPix2PixObjective
-from policies.training.recipe import setup_distributed, train
+from policies.training.recipe import train
 from policies.types import EditRequest
 from store.objects import LocalStore
 from tests.fixtures.services import free_port
@@ -201,8 +202,8 @@ def test_lora_run_saves_an_adapter_the_editor_loads(
     assert result.kind == "lora"
     assert (final / LORA_WEIGHTS_FILE).is_file()
     assert not (final / "transformer").exists()
-    # A rank-4 adapter on the attention projections of a one-block transformer learns slowly
-    # (seen over 80 steps: -12% Kontext, -15% Qwen-Image-Edit, in the log and on the fixed set).
+    # A rank-4 adapter (both streams' attention and feed-forward layers) of a one-block
+    # transformer learns slowly (asked: -5% over 80 steps, in the log and on the fixed set).
     losses = logged_losses(tmp_path / "run")
     first, last = np.mean(losses[:20]), np.mean(losses[-20:])
     assert last < 0.95 * first, (first, last)

@@ -35,7 +35,8 @@ from policies.training.layout import (
 from policies.training.objectives.ip2p import InstructPix2PixObjective
 from policies.training.objectives.pixel import PixelObjective
 from policies.types import EditRequest
-from store.objects import LocalStore, ObjectStore, S3Store
+from store.objects import LocalStore, ObjectStore
+from store.s3 import S3Store
 from tests.fixtures.services import free_port
 from tests.fixtures.training import SUBPROCESS_ENV, TINY_RECIPE, put_fixed_set
 from worlds.shapes.tasks import generate_single_op_tasks
