@@ -236,29 +236,38 @@ def _open_round(
         task_ids = pick_tasks(session, config, number, run_id=run_id)
         if not task_ids:
             raise RuntimeError("no tasks to edit: ingest some with `editloop ingest PATH` first")
-        tasks = {t.id: t for t in session.scalars(select(Task).where(Task.id.in_(task_ids)))}
-        insert_ignore(
-            session,
-            Attempt,
-            [
-                {
-                    "round_id": round_.id,
-                    "task_id": task_id,
-                    "sample_index": sample,
-                    "depth": 0,
-                    "instruction": tasks[task_id].instruction,
-                    "input_key": tasks[task_id].source_key,
-                    "seed": attempt_seed(config.seed, number, task_id, sample, 0),
-                    "checkpoint_id": round_.checkpoint_id,
-                    "created_at": utcnow(),
-                    "updated_at": utcnow(),
-                }
-                for task_id in task_ids
-                for sample in range(config.samples_per_task)
-            ],
-            conflict_columns=["round_id", "task_id", "sample_index", "depth"],
-        )
+        samples = dict.fromkeys(task_ids, config.samples_per_task)
+        insert_first_attempts(session, round_, samples, seed=config.seed)
         return round_.id, False
+
+
+def insert_first_attempts(
+    session: Session, round_: Round, samples: dict[int, int], *, seed: int
+) -> None:
+    """Write the round's depth-0 attempts: `samples[task_id]` of each task (idempotent), each
+    with its own seed (`attempt_seed`)."""
+    tasks = {t.id: t for t in session.scalars(select(Task).where(Task.id.in_(samples)))}
+    insert_ignore(
+        session,
+        Attempt,
+        [
+            {
+                "round_id": round_.id,
+                "task_id": task_id,
+                "sample_index": sample,
+                "depth": 0,
+                "instruction": tasks[task_id].instruction,
+                "input_key": tasks[task_id].source_key,
+                "seed": attempt_seed(seed, round_.number, task_id, sample, 0),
+                "checkpoint_id": round_.checkpoint_id,
+                "created_at": utcnow(),
+                "updated_at": utcnow(),
+            }
+            for task_id, count in samples.items()
+            for sample in range(count)
+        ],
+        conflict_columns=["round_id", "task_id", "sample_index", "depth"],
+    )
 
 
 def pick_tasks(

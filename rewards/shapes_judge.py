@@ -17,10 +17,19 @@ dimension 1 (status `capped` where it lowered one), overall = their mean. The le
 so that the verdict rule's defaults (overall at least 4, every dimension at least 3) accept an
 edit exactly when it meets the success criterion and its colours are clean (quality 3 or more):
 a right edit scores (5, 3-5, 5), a wrong one has following or preservation at most 3 and 2.
+
+A fallible variant (`JudgeNoise`, off by default) stands in for a real judge that disagrees with
+people: with probability `rate` per item it is wrong, either way (`flip`: a right edit rejected, a
+wrong one accepted) or only leniently (`lenient`: a half-done compound edit accepted). The draw is
+a hash of the seed and the item (instruction, source and edited pixels), so the scorer and the
+reflector agree, runs repeat, and a judge wrong about an image stays wrong about it, as a model
+decoding greedily does.
 """
 
+import hashlib
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from rewards.prompts import DIMENSIONS
 from rewards.types import (
@@ -54,8 +63,56 @@ DIMENSION_NAMES: dict[EditType, tuple[str, str, str]] = {
 _UNKNOWN_DIMENSIONS = ("Instruction Following", "Edit Quality", "Detail Preservation")
 
 
+NOISE_MODES = ("flip", "lenient")
+
+
 class NotJudgeable(ValueError):
     """An item outside the shapes world."""
+
+
+@dataclass(frozen=True)
+class JudgeNoise:
+    """How a fallible shapes judge errs: on each item with probability `rate` (seeded).
+
+    flip: the judgment is reversed, both ways (a right edit rejected, a wrong one accepted);
+    lenient: only half-done compound edits (one of two operations done, nothing else changed)
+    can be wrongly accepted, each with probability `rate`.
+    """
+
+    rate: float = 0.0
+    mode: str = "flip"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rate <= 1:
+            raise ValueError(f"judge noise rate={self.rate}: a probability in [0, 1]")
+        if self.mode not in NOISE_MODES:
+            raise ValueError(f"judge noise mode={self.mode!r}: one of {', '.join(NOISE_MODES)}")
+
+    def draw(self, item: JudgeItem) -> float:
+        """A uniform number in [0, 1) fixed by the seed and the item's content."""
+        digest = hashlib.sha256(f"{self.seed}|{self.mode}|{item.instruction}|".encode())
+        digest.update(item.source.tobytes())
+        digest.update(item.edited.tobytes())
+        return int.from_bytes(digest.digest()[:8], "big") / 2**64
+
+    def wrong(self, item: JudgeItem, measurement: EditMeasurement) -> bool:
+        """Whether the judge errs on this item (its true outcome is `measurement`)."""
+        if self.rate == 0:
+            return False
+        if self.mode == "lenient" and not half_done(measurement):
+            return False
+        return self.draw(item) < self.rate
+
+
+EXACT = JudgeNoise()
+
+
+def half_done(measurement: EditMeasurement) -> bool:
+    """One of two operations done, the rest of the image as it was: what a lenient judge lets
+    through."""
+    done = measurement.operations_done
+    return len(done) == 2 and sum(done) == 1 and measurement.preserved and not measurement.success
 
 
 def read_task(item: JudgeItem) -> tuple[Scene, tuple[Operation, ...]]:
@@ -125,8 +182,11 @@ def _answer(reasoning: str, names: tuple[str, str, str], values: tuple[int, int,
     return "\n".join(lines)
 
 
-def score_item(item: JudgeItem, criterion: SuccessCriterion = SuccessCriterion()) -> Scores:
-    """Scores of one item (never raises for an item outside the world: status unparseable)."""
+def score_item(
+    item: JudgeItem, criterion: SuccessCriterion = SuccessCriterion(), noise: JudgeNoise = EXACT
+) -> Scores:
+    """Scores of one item (never raises for an item outside the world: status unparseable); with
+    `noise`, the scores of the reversed judgment where the judge errs (`JudgeNoise`)."""
     started = time.perf_counter()
     names = DIMENSION_NAMES.get(item.edit_type, _UNKNOWN_DIMENSIONS)
     try:
@@ -149,6 +209,9 @@ def score_item(item: JudgeItem, criterion: SuccessCriterion = SuccessCriterion()
         values = (1, 1, 1)
         width, height = item.edited.size
         reasoning = f"the edited image is {width}x{height} {item.edited.mode}, unlike the source."
+    elif noise.wrong(item, measurement):
+        values, reasoning = _wrong_values(measurement, len(operations))
+        detail = f"judge noise ({noise.mode}, rate {noise.rate:g}): judgment reversed"
     else:
         following = following_score(measurement)
         uncapped = (quality_score(measurement), preservation_score(measurement))
@@ -171,7 +234,7 @@ def score_item(item: JudgeItem, criterion: SuccessCriterion = SuccessCriterion()
         preservation=preservation,
         overall=(following + quality + preservation) / 3,
         dimension_names=names,
-        status=ParseStatus.CAPPED if detail else ParseStatus.OK,
+        status=ParseStatus.CAPPED if "capped" in detail else ParseStatus.OK,
         raw_output=_answer(reasoning, names, values),
         latency_s=time.perf_counter() - started,
         model=SCORER_MODEL,
@@ -179,7 +242,21 @@ def score_item(item: JudgeItem, criterion: SuccessCriterion = SuccessCriterion()
     )
 
 
-def reflect_item(item: JudgeItem, criterion: SuccessCriterion = SuccessCriterion()) -> Reflection:
+def _wrong_values(
+    measurement: EditMeasurement, operations: int
+) -> tuple[tuple[int, int, int], str]:
+    """Scores and reasoning of the reversed judgment: a right edit is said to miss an operation
+    (3, 3, 3: below the verdict rule's overall 4); a wrong one is said to be right (5, at least 3,
+    5: accepted)."""
+    if measurement.success:
+        return (3, 3, 3), f"{operations - 1} of {operations} operations done."
+    quality = max(3, quality_score(measurement))
+    return (5, quality, 5), f"{operations} of {operations} operations done, nothing else changed."
+
+
+def reflect_item(
+    item: JudgeItem, criterion: SuccessCriterion = SuccessCriterion(), noise: JudgeNoise = EXACT
+) -> Reflection:
     """The rule reflection of one item (ReasonEdit protocol, docs/design.md):
 
     - `Success`: the whole image matches the target within the criterion;
@@ -190,11 +267,12 @@ def reflect_item(item: JudgeItem, criterion: SuccessCriterion = SuccessCriterion
     - `Failed`: damage elsewhere, nothing done, an image unlike the source in size or mode, or
       every operation done but the image not clean enough (no instruction would repair it).
     This contains the hindsight experiment's rule (output = one operation's own target) and reflects
-    when the missing operation was half done, which the same instruction repairs.
+    when the missing operation was half done, which the same instruction repairs. Where `noise`
+    errs, the tag is reversed: `Success` for a wrong edit, `Failed` (a restart) for a right one.
     """
     started = time.perf_counter()
     try:
-        tag, think, instruction, target = _decide(item, criterion)
+        tag, think, instruction, target = _decide(item, criterion, noise)
     except NotJudgeable as exc:
         tag, think, instruction, target = ReflectionTag.INVALID, None, None, None
         raw, detail = f"cannot judge: {exc}", f"cannot judge: {exc}"
@@ -216,7 +294,7 @@ def reflect_item(item: JudgeItem, criterion: SuccessCriterion = SuccessCriterion
 
 
 def _decide(
-    item: JudgeItem, criterion: SuccessCriterion
+    item: JudgeItem, criterion: SuccessCriterion, noise: JudgeNoise = EXACT
 ) -> tuple[ReflectionTag, str, str | None, str]:
     """Tag, think text, new instruction and target description of `reflect_item`."""
     scene, operations, measurement = measure_item(item, criterion)
@@ -225,6 +303,12 @@ def _decide(
         width, height = item.edited.size
         think = f"The edited image is {width}x{height} {item.edited.mode}, unlike the source."
         return ReflectionTag.FAILED, think, None, target
+    if noise.wrong(item, measurement):
+        if measurement.success:
+            think = f"The target shows {target}. The edit misses part of the instruction."
+            return ReflectionTag.FAILED, think, None, target
+        think = f"The target shows {target}. The edit shows it."
+        return ReflectionTag.SUCCESS, think, None, target
     done = [op for op, ok in zip(operations, measurement.operations_done, strict=True) if ok]
     missing = tuple(op for op in operations if op not in done)
     think = f"The target shows {target}. " + " ".join(
@@ -246,22 +330,32 @@ def _decide(
 
 
 class ShapesScorer:
-    """`Scorer` of the shapes world: exact scores from palette classes (see `score_item`)."""
+    """`Scorer` of the shapes world: exact scores from palette classes (see `score_item`), or a
+    fallible judge's with `noise`."""
 
-    def __init__(self, criterion: SuccessCriterion = SuccessCriterion()) -> None:
+    def __init__(
+        self, criterion: SuccessCriterion = SuccessCriterion(), noise: JudgeNoise = EXACT
+    ) -> None:
         self.criterion = criterion
+        self.noise = noise
 
     def score(self, items: Sequence[JudgeItem]) -> list[Scores]:
         """One `Scores` per item, in order."""
-        return [score_item(item, self.criterion) for item in items]
+        return [score_item(item, self.criterion, self.noise) for item in items]
 
 
 class ShapesReflector:
-    """`Reflector` of the shapes world: the rule reflection of `reflect_item`."""
+    """`Reflector` of the shapes world: the rule reflection of `reflect_item`, or a fallible
+    judge's with `noise` (the same noise as the scorer's, so that the two agree)."""
 
-    def __init__(self, criterion: SuccessCriterion = SuccessCriterion()) -> None:
+    def __init__(
+        self, criterion: SuccessCriterion = SuccessCriterion(), noise: JudgeNoise = EXACT
+    ) -> None:
         self.criterion = criterion
+        self.noise = noise
 
-    def reflect(self, items: Sequence[JudgeItem]) -> list[Reflection]:
-        """One `Reflection` per item, in order."""
-        return [reflect_item(item, self.criterion) for item in items]
+    def reflect(
+        self, items: Sequence[JudgeItem], *, hints: Sequence[str | None] | None = None
+    ) -> list[Reflection]:
+        """One `Reflection` per item, in order; an exact rule needs no `hints` and ignores them."""
+        return [reflect_item(item, self.criterion, self.noise) for item in items]

@@ -79,7 +79,7 @@ from policies.training.layout import (
     truncate_loss_log,
     write_json,
 )
-from policies.training.lifetime import die_with_parent
+from policies.training.lifetime import die_with_parent, seconds_since_start
 from policies.training.objectives import build_objective, objective_name
 from policies.training.objectives.base import Objective
 from store.objects import ObjectStore
@@ -206,6 +206,9 @@ def train(
     if finished is not None:
         log_fn(f"{output_dir} already holds a finished run; nothing to do")
         return finished
+    # Where a job's time goes besides optimizer steps: the process start and imports before
+    # this call, the setup (process group, models, data, DeepSpeed) and the save after.
+    startup_s, entered = seconds_since_start(), time.perf_counter()
     if os.environ.get(DIE_WITH_PARENT_ENV) == "1":
         die_with_parent()
     # DeepSpeed's ZeRO-3 calls a deprecated torch collective every step; one warning per step
@@ -293,6 +296,7 @@ def train(
         disable=not (rank0 and config.progress_bar),
     )
     started = time.perf_counter()
+    setup_s = started - entered
     for step in range(start_step, config.max_steps):
         step_loss = torch.zeros((), device=world.device)
         for micro in range(config.gradient_accumulation):
@@ -316,7 +320,8 @@ def train(
         if config.save_every and done % config.save_every == 0 and done < config.max_steps:
             save_deepspeed(engine, ema, output_dir, done, data_key, config.keep_checkpoints)
     bar.close()
-    seconds = time.perf_counter() - started
+    saving = time.perf_counter()
+    seconds = saving - started
 
     # ---- save --------------------------------------------------------------------------
     result = TrainResult(
@@ -345,6 +350,9 @@ def train(
             "train/replay_examples": float(len(replay)),
             "train/world_size": float(world.world_size),
             "train/seconds": seconds,
+            "train/startup_seconds": startup_s,
+            "train/setup_seconds": setup_s,
+            "train/save_seconds": time.perf_counter() - saving,
             "train/samples_per_s": samples / seconds if seconds > 0 else 0.0,
             "train/zero3_partitioned_at_init": partitioned,
             "train/gradient_checkpointing": float(

@@ -1,4 +1,5 @@
-"""The pixel editor: tokenizer, per-request failures, determinism, save/load, loss, pre-training.
+"""The pixel editor: tokenizer, per-request failures, determinism, save/load, loss, pre-training,
+and the shipped pre-trained editor (its size, hash, record and the check when it is loaded).
 
 Tiny models (channels 8/16/16, 3 sampling steps) built in code with `torch.manual_seed(0)`; these
 tests assert mechanics, not editing skill (that is the full pre-training's figure).
@@ -21,9 +22,21 @@ from policies.pixel_editor import (
     images_to_tensor,
     tensor_to_images,
 )
-from policies.pixel_pretrain import REPORT_NAME, PretrainConfig, pretrain_pixel_editor
+from policies.pixel_pretrain import (
+    REPORT_NAME,
+    SHIPPED,
+    SHIPPED_MAX_BYTES,
+    PretrainConfig,
+    export_editor,
+    matches_shipped,
+    pretrain_pixel_editor,
+    shipped_record,
+    unpack_editor,
+    weights_setting,
+)
 from policies.types import EditRequest
 from worlds.shapes.language import VOCABULARY
+from worlds.shapes.partition import Part
 from worlds.shapes.tasks import generate_compound_tasks, generate_single_op_tasks
 
 TINY = PixelEditorConfig(block_out_channels=(8, 16, 16), embedding_dim=16, sampling_steps=3)
@@ -184,3 +197,69 @@ def test_fast_pretraining_lowers_the_loss_and_saves_a_loadable_checkpoint(
     assert saved["steps"] == 40 and saved["config"]["editor"]["block_out_channels"] == [8, 16, 16]
     editor = PixelEditor.from_pretrained(tmp_path / "pre")
     assert editor.edit([request(0)])[0].ok
+
+
+def test_pretraining_draws_from_its_part_of_the_task_space() -> None:
+    assert PretrainConfig().part == Part.PRETRAIN
+    with pytest.raises(ValueError, match="part="):
+        PretrainConfig(part="everywhere")
+    with pytest.raises(ValueError, match="must be positive"):
+        PretrainConfig(steps=0)
+    # Evaluation and logging do not change the weights; the seed does.
+    assert weights_setting(PretrainConfig(eval_tasks=0, log_every=7)) == weights_setting(
+        PretrainConfig()
+    )
+    assert weights_setting(PretrainConfig(seed=1)) != weights_setting(PretrainConfig())
+
+
+def test_the_shipped_editor_is_small_recorded_and_made_by_the_default_setting() -> None:
+    weights = SHIPPED.with_suffix(".safetensors")
+    record = shipped_record()
+    assert record is not None and record["file"] == weights.name
+    assert weights.stat().st_size == record["bytes"] <= SHIPPED_MAX_BYTES
+    assert record["command"].startswith("python -m policies.pixel_pretrain ")
+    assert record["dtype"] == "float16"
+    # The default setting (the demo's and the benchmark's first seed) is served by the file.
+    assert matches_shipped(PretrainConfig())
+    assert not matches_shipped(PretrainConfig(seed=1))
+    assert record["evaluation"]["single_op_success"] >= 0.95
+
+
+def test_the_shipped_editor_is_checked_when_unpacked(tmp_path: Path) -> None:
+    folder = unpack_editor(tmp_path / "editor")
+    editor = PixelEditor.from_pretrained(folder)
+    assert editor.model.config == PixelEditorConfig()
+    assert all(result.ok for result in editor.edit([request(i) for i in range(3)]))
+    saved = json.loads((folder / REPORT_NAME).read_text())
+    assert saved["config"] == weights_setting(PretrainConfig()) and saved["shipped"]["sha256"]
+    # A damaged copy is refused, naming the hash and how to make the file again.
+    copy = tmp_path / "copy" / "shapes_pixel_editor"
+    copy.parent.mkdir()
+    data = bytearray(SHIPPED.with_suffix(".safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    copy.with_suffix(".safetensors").write_bytes(bytes(data))
+    copy.with_suffix(".json").write_text(SHIPPED.with_suffix(".json").read_text())
+    with pytest.raises(ValueError, match="SHA-256 .* is not the recorded .* python -m policies"):
+        unpack_editor(tmp_path / "damaged", copy)
+    assert not (tmp_path / "damaged").exists()
+    with pytest.raises(ValueError, match="no shipped editor"):
+        unpack_editor(tmp_path / "none", tmp_path / "missing")
+
+
+def test_export_writes_fp16_weights_that_edit_like_the_original(
+    model: PixelEditorModel, tmp_path: Path
+) -> None:
+    model.save_pretrained(tmp_path / "model")
+    config = PretrainConfig(steps=1, batch_size=1, editor=TINY)
+    record = export_editor(
+        tmp_path / "model", tmp_path / "out" / "tiny", config=config, command="x"
+    )
+    assert record["setting"] == weights_setting(config) and record["bytes"] < 300_000
+    assert matches_shipped(config, tmp_path / "out" / "tiny")
+    unpacked = PixelEditor.from_pretrained(
+        unpack_editor(tmp_path / "back", tmp_path / "out" / "tiny")
+    )
+    requests = [request(i, seed=i) for i in range(4)]
+    before, after = PixelEditor(model, "x").edit(requests), unpacked.edit(requests)
+    for one, two in zip(before, after, strict=True):  # fp16 rounding: a grey level at most
+        assert np.abs(array(one.image) - array(two.image)).max() <= 2

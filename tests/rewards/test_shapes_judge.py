@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rewards.shapes_judge import DIMENSION_NAMES, ShapesReflector, ShapesScorer
+from rewards.shapes_judge import DIMENSION_NAMES, JudgeNoise, ShapesReflector, ShapesScorer
 from rewards.types import JudgeItem, ParseStatus, ReflectionTag, Scores
 from rewards.verdict import decide_verdict, image_change
 from store.taxonomy import EditType, Verdict
@@ -299,3 +299,96 @@ def test_the_project_verdict_rule_accepts_exactly_the_right_edits() -> None:
             score(edited), reflect(edited), tries_left=2, change=image_change(SOURCE, edited)
         )
         assert decision.verdict is expected, (name, decision)
+
+
+# ---- the fallible judge --------------------------------------------------------------------
+
+
+def labelled_items(count: int) -> list[tuple[JudgeItem, bool, bool]]:
+    """(item, right, half done) for generated compound tasks: the target (right), the untouched
+    source (wrong, not half done) and each half done alone."""
+    items = []
+    for task in generate_compound_tasks(count, seed=21):
+        source, edit_type = task.source_image(), EditType(task.edit_type)
+        items.append(
+            (JudgeItem(source, task.target_image(), task.instruction, edit_type), True, False)
+        )
+        items.append((JudgeItem(source, source, task.instruction, edit_type), False, False))
+        for done in task.operations:
+            half = render_scene(apply_operations(task.scene, (done,)))
+            items.append((JudgeItem(source, half, task.instruction, edit_type), False, True))
+    return items
+
+
+ITEMS = labelled_items(120)  # 480 items: 120 right, 120 untouched, 240 half done
+
+
+def accepted(noise: JudgeNoise, items: list[JudgeItem]) -> list[bool]:
+    """Whether the judges' answers make the verdict rule say Success on each item (no tries
+    left; the no-op guard, which is not the judge's, left out)."""
+    scores = ShapesScorer(noise=noise).score(items)
+    reflections = ShapesReflector(noise=noise).reflect(items)
+    return [
+        decide_verdict(s, r, tries_left=0, change=1.0).verdict is Verdict.SUCCESS
+        for s, r in zip(scores, reflections, strict=True)
+    ]
+
+
+def within(observed: float, rate: float, n: int) -> bool:
+    """`observed` within four binomial standard errors of `rate`."""
+    return abs(observed - rate) <= 4 * (rate * (1 - rate) / n) ** 0.5
+
+
+def test_no_noise_is_the_exact_judge() -> None:
+    items = [item for item, _, _ in ITEMS[:40]]
+    noisy, exact = (
+        ShapesScorer(noise=JudgeNoise(0.0, seed=3)).score(items),
+        ShapesScorer().score(items),
+    )
+    assert [s.raw_output for s in noisy] == [s.raw_output for s in exact]
+    exact = [right for _, right, _ in ITEMS]
+    assert accepted(JudgeNoise(0.0), [item for item, _, _ in ITEMS]) == exact
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.25])
+def test_flips_reverse_the_verdict_both_ways_at_the_rate(rate: float) -> None:
+    items = [item for item, _, _ in ITEMS]
+    got = accepted(JudgeNoise(rate, "flip", seed=0), items)
+    right = [(ok, r) for ok, (_, r, _) in zip(got, ITEMS, strict=True) if r]
+    wrong = [(ok, r) for ok, (_, r, _) in zip(got, ITEMS, strict=True) if not r]
+    rejected_right = sum(not ok for ok, _ in right) / len(right)
+    accepted_wrong = sum(ok for ok, _ in wrong) / len(wrong)
+    assert within(rejected_right, rate, len(right)), rejected_right
+    assert within(accepted_wrong, rate, len(wrong)), accepted_wrong
+    assert rejected_right > 0 and accepted_wrong > 0  # both directions happen
+
+
+def test_lenient_noise_only_lets_half_done_edits_through() -> None:
+    rate = 0.25
+    items = [item for item, _, _ in ITEMS]
+    got = accepted(JudgeNoise(rate, "lenient", seed=0), items)
+    half = [ok for ok, (_, _, h) in zip(got, ITEMS, strict=True) if h]
+    others = [(ok, right) for ok, (_, right, h) in zip(got, ITEMS, strict=True) if not h]
+    assert within(sum(half) / len(half), rate, len(half))
+    assert all(ok == right for ok, right in others)  # right ones kept, untouched ones refused
+
+
+def test_noise_is_seeded_and_the_scorer_and_reflector_agree() -> None:
+    items = [item for item, _, _ in ITEMS[:160]]
+    first = accepted(JudgeNoise(0.25, seed=1), items)
+    assert accepted(JudgeNoise(0.25, seed=1), items) == first
+    assert accepted(JudgeNoise(0.25, seed=2), items) != first
+    noise = JudgeNoise(0.25, seed=1)
+    tags = [r.tag for r in ShapesReflector(noise=noise).reflect(items)]
+    assert [tag is ReflectionTag.SUCCESS for tag in tags] == first  # as the scores decide
+    flipped = [s for s in ShapesScorer(noise=noise).score(items) if "judge noise" in s.detail]
+    assert flipped and all(s.status is ParseStatus.OK for s in flipped)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"rate": 1.5}, "probability"), ({"rate": -0.1}, "probability"), ({"mode": "odd"}, "one of")],
+)
+def test_noise_settings_are_checked(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        JudgeNoise(**kwargs)

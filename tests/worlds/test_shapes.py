@@ -1,6 +1,7 @@
 """The shapes world: geometry, task generation, instructions, scene recovery, pixel measurement."""
 
 import json
+import random
 
 import numpy as np
 import pytest
@@ -21,8 +22,15 @@ from worlds.shapes.language import (
 )
 from worlds.shapes.measure import SuccessCriterion, is_success, measure_edit
 from worlds.shapes.operations import apply_operations, check_operations
+from worlds.shapes.partition import SHARES, Part, part_of, task_key
 from worlds.shapes.pixels import image_to_array, recover_scene, render_scene, scene_classes
-from worlds.shapes.tasks import generate_compound_tasks, generate_single_op_tasks, task_to_meta
+from worlds.shapes.tasks import (
+    ShapesTask,
+    generate_compound_tasks,
+    generate_single_op_tasks,
+    random_single_op_task,
+    task_to_meta,
+)
 from worlds.shapes.types import Operation, OpKind, Scene, Shape
 
 # Black background, a red square in the top-left cell (pixels 0-4 x 0-4), a green disk in the
@@ -250,3 +258,58 @@ def test_scene_classes_match_the_render() -> None:
     classes = scene_classes(SCENE)
     assert classes.shape == (16, 16)
     assert (classes == scene_classes(recover_scene(render_scene(SCENE)))).all()
+
+
+# ---- the partition of the task space ---------------------------------------------------------
+
+
+def test_a_task_key_is_what_it_asks_not_how_it_says_it() -> None:
+    one = task_key(SCENE, (RECOLOUR, REMOVE))
+    assert one == task_key(SCENE, (REMOVE, RECOLOUR))  # the operations commute
+    assert one != task_key(SCENE, (RECOLOUR,)) and one != task_key(
+        Scene("white", SCENE.shapes), (RECOLOUR, REMOVE)
+    )
+    # Two wordings of one edit: one key, one part.
+    plain = ShapesTask(
+        SCENE, (RECOLOUR, REMOVE), "make the red square blue and remove the green circle"
+    )
+    other = ShapesTask(
+        SCENE, (REMOVE, RECOLOUR), "erase the green shape, then paint the red square blue"
+    )
+    assert plain.key == other.key and plain.part == other.part
+    # The partition is fixed (not seeded): this task is in the same part on every machine.
+    assert part_of(SCENE, (RECOLOUR, REMOVE)) is plain.part
+    assert {part for part, _ in SHARES} == set(Part) and sum(s for _, s in SHARES) == pytest.approx(
+        1
+    )
+
+
+def test_parts_hold_their_share_of_the_task_space() -> None:
+    tasks = generate_compound_tasks(4000, seed=5) + generate_single_op_tasks(4000, seed=5)
+    shares = dict(SHARES)
+    for part in Part:
+        observed = sum(task.part is part for task in tasks) / len(tasks)
+        assert abs(observed - shares[part]) < 0.03, (part, observed)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7, 123, 99991])
+def test_tasks_drawn_from_different_parts_are_disjoint_for_any_seed(seed: int) -> None:
+    drawn = {
+        part: generate_compound_tasks(150, seed=seed, part=part, distinct=True)
+        + generate_single_op_tasks(150, seed=seed + 1, part=part, distinct=True)
+        for part in Part
+    }
+    keys = {part: {task.key for task in tasks} for part, tasks in drawn.items()}
+    for part, tasks in drawn.items():
+        assert all(task.part is part for task in tasks)
+        assert len(keys[part]) == len(tasks) == 300  # distinct: no edit twice
+    for a in Part:
+        for b in Part:
+            assert a == b or not keys[a] & keys[b], (a, b)
+    # The same part and seed draw the same tasks; the pre-training stream stays in its part.
+    again = generate_compound_tasks(20, seed=seed, part=Part.EVAL, distinct=True)
+    assert again == drawn[Part.EVAL][:20]
+    stream = random.Random(seed)
+    assert all(
+        random_single_op_task(stream, part=Part.PRETRAIN).part is Part.PRETRAIN for _ in range(200)
+    )

@@ -1,7 +1,9 @@
 """Edit tasks of the shapes world: a source scene, its operations and an instruction; seeded
-generators of single-operation and compound (two-operation) tasks; a JSON-able record of a task."""
+generators of single-operation and compound (two-operation) tasks, from the whole task space or
+from one part of it (`worlds.shapes.partition`); a JSON-able record of a task."""
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,6 +11,7 @@ from PIL import Image
 
 from worlds.shapes.language import describe_scene, phrase_operation, phrase_operations
 from worlds.shapes.operations import apply_operations, edit_type_of
+from worlds.shapes.partition import Part, part_of, task_key
 from worlds.shapes.pixels import render_scene
 from worlds.shapes.types import (
     BACKGROUND_COLOURS,
@@ -39,6 +42,16 @@ class ShapesTask:
     @property
     def target_scene(self) -> Scene:
         return apply_operations(self.scene, self.operations)
+
+    @property
+    def key(self) -> str:
+        """What the task asks, whatever its wording (`partition.task_key`)."""
+        return task_key(self.scene, self.operations)
+
+    @property
+    def part(self) -> Part:
+        """The part of the task space it belongs to (`partition.part_of`)."""
+        return part_of(self.scene, self.operations)
 
     def source_image(self) -> Image.Image:
         return render_scene(self.scene, self.size)
@@ -84,17 +97,24 @@ def random_operation(
     return Operation(kind, colour, rng.choice(free))
 
 
-def random_single_op_task(rng: random.Random, size: int = DEFAULT_SIZE) -> ShapesTask:
-    """A task of one operation (recolour, remove or background, equally likely)."""
+def random_single_op_task(
+    rng: random.Random, size: int = DEFAULT_SIZE, part: Part | None = None
+) -> ShapesTask:
+    """A task of one operation (recolour, remove or background, equally likely), from `part` of
+    the task space (None: anywhere)."""
     while True:
         scene = random_scene(rng)
         operation = random_operation(rng, scene, rng.choice(list(OpKind)))
-        if operation is not None:
-            return ShapesTask(scene, (operation,), phrase_operation(operation, scene, rng), size)
+        if operation is None or (part is not None and part_of(scene, (operation,)) != part):
+            continue
+        return ShapesTask(scene, (operation,), phrase_operation(operation, scene, rng), size)
 
 
-def random_compound_task(rng: random.Random, size: int = DEFAULT_SIZE) -> ShapesTask:
-    """A task of two operations on different objects in one instruction."""
+def random_compound_task(
+    rng: random.Random, size: int = DEFAULT_SIZE, part: Part | None = None
+) -> ShapesTask:
+    """A task of two operations on different objects in one instruction, from `part` of the task
+    space (None: anywhere)."""
     while True:
         # As in docs/design.md, "Learning from judged edits": two different kinds three times in
         # four, else two recolours or two removals (which need two shapes).
@@ -110,25 +130,67 @@ def random_compound_task(rng: random.Random, size: int = DEFAULT_SIZE) -> Shapes
         if second is None:
             continue
         operations = (first, second)
+        if part is not None and part_of(scene, operations) != part:
+            continue
         return ShapesTask(scene, operations, phrase_operations(operations, scene, rng), size)
 
 
-def generate_single_op_tasks(n: int, *, seed: int, size: int = DEFAULT_SIZE) -> list[ShapesTask]:
-    """`n` single-operation tasks, the same for the same seed."""
+def _generate(
+    draw: Callable[[random.Random, int, Part | None], ShapesTask],
+    n: int,
+    seed: int,
+    size: int,
+    part: Part | None,
+    distinct: bool,
+) -> list[ShapesTask]:
     rng = random.Random(seed)
-    return [random_single_op_task(rng, size) for _ in range(n)]
+    tasks: list[ShapesTask] = []
+    seen: set[str] = set()
+    for _ in range(100 * n + 1000):  # a part holds thousands of tasks: never reached in practice
+        if len(tasks) == n:
+            return tasks
+        task = draw(rng, size, part)
+        if distinct:
+            if task.key in seen:
+                continue
+            seen.add(task.key)
+        tasks.append(task)
+    if len(tasks) == n:
+        return tasks
+    raise ValueError(f"found only {len(tasks)} distinct tasks of {n} in part {part}")
 
 
-def generate_compound_tasks(n: int, *, seed: int, size: int = DEFAULT_SIZE) -> list[ShapesTask]:
-    """`n` compound (two-operation) tasks, the same for the same seed."""
-    rng = random.Random(seed)
-    return [random_compound_task(rng, size) for _ in range(n)]
+def generate_single_op_tasks(
+    n: int,
+    *,
+    seed: int,
+    size: int = DEFAULT_SIZE,
+    part: Part | None = None,
+    distinct: bool = False,
+) -> list[ShapesTask]:
+    """`n` single-operation tasks, the same for the same seed; from `part` of the task space
+    (None: anywhere); `distinct`: no two ask the same edit (`ShapesTask.key`)."""
+    return _generate(random_single_op_task, n, seed, size, part, distinct)
+
+
+def generate_compound_tasks(
+    n: int,
+    *,
+    seed: int,
+    size: int = DEFAULT_SIZE,
+    part: Part | None = None,
+    distinct: bool = False,
+) -> list[ShapesTask]:
+    """`n` compound (two-operation) tasks, the same for the same seed; from `part` of the task
+    space (None: anywhere); `distinct`: no two ask the same edit (`ShapesTask.key`)."""
+    return _generate(random_compound_task, n, seed, size, part, distinct)
 
 
 def task_to_meta(task: ShapesTask) -> dict[str, Any]:
     """A JSON-able record of a task for the task row's `meta`."""
     return {
         "world": "shapes",
+        "part": task.part.value,
         "size": task.size,
         "scene": {
             "background": task.scene.background,
