@@ -25,6 +25,7 @@ from store.models import (
     Attempt,
     AttemptStatus,
     Checkpoint,
+    CheckpointRole,
     CheckpointStatus,
     Judgment,
     Round,
@@ -71,7 +72,11 @@ def check_invariants(
             _metrics_match_rows(session),
         ]
         promoted = session.scalars(
-            select(Checkpoint).where(Checkpoint.status == CheckpointStatus.PROMOTED)
+            # `load_checkpoint` loads editors: judge and reflector checkpoints are not its kind.
+            select(Checkpoint).where(
+                Checkpoint.status == CheckpointStatus.PROMOTED,
+                Checkpoint.role == CheckpointRole.EDITOR.value,
+            )
         ).all()
     checks.append(_no_stale_garbage(factory, store, grace))
     if load_checkpoint is not None:

@@ -100,6 +100,27 @@ def load_model_judges(
     return judges.scorer, judges.reflector
 
 
+def load_judges_at(
+    settings: Settings,
+    store: ObjectStore,
+    judge: Checkpoint | None,
+    reflector: Checkpoint | None,
+) -> tuple[Scorer, Reflector | None]:
+    """The scorer and the reflector with promoted judge/reflector checkpoints (`editloop
+    train-judge`) in place of the configured models; None keeps a role's configured model."""
+    configured = judge_settings(settings)
+    base = judge_model_dir(configured, settings.data_dir)
+    # A reflector left empty shares the judge's folder: pin it to the base before the judge
+    # moves, so that a fine-tuned judge never becomes the reflector too.
+    reflector_dir = configured.reflector_model or str(base)
+    update = {"reflector_model": reflector_dir}
+    if reflector is not None:
+        update["reflector_model"] = str(_fetch(settings, store, reflector))
+    model_dir = _fetch(settings, store, judge) if judge is not None else base
+    judges = load_judges(configured.model_copy(update=update), model_dir)
+    return judges.scorer, judges.reflector
+
+
 def check_judges(settings: Settings) -> None:
     """Refuse, before any model is loaded, judge settings that cannot reflect (a real
     ImgEdit-Judge without `judge.reflector_model`): `SettingsError` naming the setting."""
@@ -119,6 +140,11 @@ def build_worker_context(settings: Settings, worker_name: str = "in-process") ->
         models=ModelCache(
             load_editor=lambda old, checkpoint: load_editor(settings, store, old, checkpoint),
             load_judges=lambda: load_model_judges(settings),
+            load_judges_at=(
+                None
+                if settings.judge.backend == "shapes"
+                else lambda judge, reflector: load_judges_at(settings, store, judge, reflector)
+            ),
         ),
         image_limits=settings.store.image_limits(),
         thresholds=verdict_thresholds(settings.judge),

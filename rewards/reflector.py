@@ -3,6 +3,8 @@
 import time
 from collections.abc import Sequence
 
+from PIL import Image
+
 from rewards.imgedit_judge import check_items
 from rewards.reflection import (
     ReflectionCheck,
@@ -13,6 +15,16 @@ from rewards.reflection import (
 )
 from rewards.types import JudgeItem, Reflection, ReflectionTag
 from rewards.vlm import Generation, PixelBounds, Turn, VisionLanguageModel, generate
+
+
+def reflect_turn(
+    instruction: str, edited: Image.Image, description: str, hint: str | None, note: str = ""
+) -> Turn:
+    """The answering turn (steps 2 and 3): the prompt on `description` and the edited image alone.
+
+    What a worker sends and what `editloop train-judge --role reflector` trains on.
+    """
+    return Turn(reflect_prompt(instruction, description, hint, note), (edited,))
 
 
 class ReasonEditReflector:
@@ -81,8 +93,10 @@ class ReasonEditReflector:
             turns = []
             for i in pending:
                 note = retry_note(checks[i].reason) if i in checks else ""
-                text = reflect_prompt(items[i].instruction, descriptions[i], hints[i], note)
-                turns.append(Turn(text, (items[i].edited,)))
+                item = items[i]
+                turns.append(
+                    reflect_turn(item.instruction, item.edited, descriptions[i], hints[i], note)
+                )
             for i, generation in zip(pending, self._generate(turns), strict=True):
                 answers[i] = generation.text
                 checks[i] = validate_reflection(generation.text, items[i].instruction)

@@ -74,5 +74,8 @@ class Scorer(Protocol):
 class Reflector(Protocol):
     """Decides Success / Failed / Reflection with a new instruction (ReasonEdit)."""
 
-    def reflect(self, items: Sequence[JudgeItem]) -> list[Reflection]:
-        """One `Reflection` per item, in order; invalid output becomes tag `Invalid`."""
+    def reflect(
+        self, items: Sequence[JudgeItem], *, hints: Sequence[str | None] | None = None
+    ) -> list[Reflection]:
+        """One `Reflection` per item, in order; invalid output becomes tag `Invalid`. `hints`:
+        each item's scores as a non-binding hint (`score_hint`), None where there is none."""

@@ -80,6 +80,23 @@ def image_change(source: Image.Image, edited: Image.Image) -> float:
     return float(np.sort(cells)[-top:].mean())
 
 
+def low_scores(
+    names: tuple[str, ...], dims: tuple[float, ...], overall: float, thresholds: VerdictThresholds
+) -> list[str]:
+    """What keeps these scores from `Success` under `thresholds`, one phrase each; [] when none.
+
+    The score half of the verdict rule, shared with the confirmed outcome of a stored judgment.
+    """
+    low = [
+        f"{name} {value:g} < {thresholds.success_min_dimension:g}"
+        for name, value in zip(names, dims, strict=True)
+        if value < thresholds.success_min_dimension
+    ]
+    if overall < thresholds.success_min_overall:
+        low.insert(0, f"overall {overall:.2f} < {thresholds.success_min_overall:g}")
+    return low
+
+
 def decide_verdict(
     scores: Scores,
     reflection: Reflection | None,
@@ -107,13 +124,7 @@ def decide_verdict(
     if tag == ReflectionTag.FAILED:
         return VerdictDecision(Verdict.FAILED, VerdictReason.REFLECTOR_FAILED, "reflector: Failed")
     noop = change <= thresholds.noop_max_change
-    low = [
-        f"{name} {value:g} < {thresholds.success_min_dimension:g}"
-        for name, value in zip(scores.dimension_names, dims, strict=True)
-        if value < thresholds.success_min_dimension
-    ]
-    if scores.overall < thresholds.success_min_overall:
-        low.insert(0, f"overall {scores.overall:.2f} < {thresholds.success_min_overall:g}")
+    low = low_scores(scores.dimension_names, dims, scores.overall, thresholds)
     if not low and not noop:
         return VerdictDecision(
             Verdict.SUCCESS, VerdictReason.ACCEPTED, f"overall {scores.overall:.2f}"

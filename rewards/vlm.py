@@ -138,6 +138,20 @@ class Generation:
     logits: torch.Tensor | None
 
 
+def chat_prompt(processor: ImageOnlyQwenVLProcessor, turn: Turn) -> str:
+    """`turn` as the model reads it: one user message (text, then images), then the assistant's
+    opening. Generation and fine-tuning (`rewards/sft.py`) both render prompts with it."""
+    content = [{"type": "text", "text": turn.text}, *({"type": "image"} for _ in turn.images)]
+    return processor.apply_chat_template(
+        [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+    )
+
+
+def images_kwargs(bounds: PixelBounds) -> dict[str, Any]:
+    """The processor's image arguments that resize every image into `bounds`."""
+    return {"size": {"shortest_edge": bounds.min_pixels, "longest_edge": bounds.max_pixels}}
+
+
 def generate(
     vlm: VisionLanguageModel,
     turns: Sequence[Turn],
@@ -157,31 +171,14 @@ def generate(
     if not turns:
         return []
     processor = vlm.processor
-    texts = [
-        processor.apply_chat_template(
-            [
-                {
-                    "role": "user",
-                    "content": [
-                        {"type": "text", "text": turn.text},
-                        *({"type": "image"} for _ in turn.images),
-                    ],
-                }
-            ],
-            add_generation_prompt=True,
-            tokenize=False,
-        )
-        for turn in turns
-    ]
+    texts = [chat_prompt(processor, turn) for turn in turns]
     images = [image.convert("RGB") for turn in turns for image in turn.images]
     inputs = processor(
         text=texts,
         images=images or None,
         padding=True,
         return_tensors="pt",
-        images_kwargs={
-            "size": {"shortest_edge": bounds.min_pixels, "longest_edge": bounds.max_pixels}
-        },
+        images_kwargs=images_kwargs(bounds),
     ).to(vlm.device)
     with torch.inference_mode():
         output = vlm.model.generate(

@@ -104,6 +104,25 @@ class CheckpointStatus(StrEnum):
     REJECTED = "rejected"
 
 
+class CheckpointRole(StrEnum):
+    """Which model a checkpoint is a version of: only an editor checkpoint is ever edited with."""
+
+    EDITOR = "editor"
+    JUDGE = "judge"
+    REFLECTOR = "reflector"
+
+
+JUDGE_ROLES = (CheckpointRole.JUDGE, CheckpointRole.REFLECTOR)
+
+
+def parse_judge_role(role: str) -> CheckpointRole:
+    """`judge` or `reflector`; ValueError for anything else (the editor trains elsewhere)."""
+    if role not in {r.value for r in JUDGE_ROLES}:
+        allowed = " or ".join(r.value for r in JUDGE_ROLES)
+        raise ValueError(f"--role {role!r}: expected {allowed} (the editor trains with `trainer`)")
+    return CheckpointRole(role)
+
+
 class TrainJobStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -244,7 +263,7 @@ class Judgment(Base):
 
 
 class Checkpoint(Base):
-    """A version of the editor: base weights or a fine-tune of a parent."""
+    """A version of the editor, judge or reflector (`role`): base weights or a fine-tune."""
 
     __tablename__ = "checkpoint"
 
@@ -252,6 +271,10 @@ class Checkpoint(Base):
     version: Mapped[str] = mapped_column(String(64), unique=True)
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("checkpoint.id"))
     kind: Mapped[str] = mapped_column(String(16), default="base")
+    # A plain string (migration 0007 filled existing rows with "editor"): `CheckpointRole`.
+    role: Mapped[str] = mapped_column(
+        String(16), default=CheckpointRole.EDITOR.value, server_default=CheckpointRole.EDITOR.value
+    )
     object_prefix: Mapped[str | None] = mapped_column(String(256))
     status: Mapped[CheckpointStatus] = mapped_column(
         _enum(CheckpointStatus), default=CheckpointStatus.TRAINING

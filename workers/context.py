@@ -16,18 +16,27 @@ from store.objects import ObjectStore
 # return an editor with that checkpoint, reusing the loaded base weights where it can.
 EditorLoader = Callable[[Editor | None, Checkpoint | None], Editor]
 JudgeLoader = Callable[[], tuple[Scorer, Reflector | None]]
+# Given the judge and reflector checkpoints wanted (None: the configured model of that role),
+# return the scorer and the reflector with them.
+JudgeCheckpointLoader = Callable[
+    [Checkpoint | None, Checkpoint | None], tuple[Scorer, Reflector | None]
+]
 
 
 @dataclass
 class ModelCache:
-    """One editor and one judge per process, loaded on first use; the editor swaps checkpoints."""
+    """One editor and one judge per process, loaded on first use; the editor swaps checkpoints,
+    and so do the judge and the reflector where `load_judges_at` is given."""
 
     load_editor: EditorLoader
     load_judges: JudgeLoader
+    # None: judges that have no checkpoints (the shapes world's exact ones) ignore them.
+    load_judges_at: JudgeCheckpointLoader | None = None
     _editor: Editor | None = None
     _editor_checkpoint: int | None = None
     _editor_version: str | None = None
     _judges: tuple[Scorer, Reflector | None] | None = None
+    _judges_at: tuple[int | None, int | None] = (None, None)
 
     def editor(self, checkpoint: Checkpoint | None) -> Editor:
         """The editor at `checkpoint` (None: base), swapping in place when another is loaded."""
@@ -45,10 +54,22 @@ class ModelCache:
         """The version of the editor checkpoint loaded ("base"), None before the first edit."""
         return self._editor_version if self._editor is not None else None
 
-    def judges(self) -> tuple[Scorer, Reflector | None]:
-        """The scorer and the reflector (None when the run uses the scorer alone)."""
-        if self._judges is None:
-            self._judges = self.load_judges()
+    def judges(
+        self, judge: Checkpoint | None = None, reflector: Checkpoint | None = None
+    ) -> tuple[Scorer, Reflector | None]:
+        """The scorer and the reflector (None when the run uses the scorer alone), at the
+        `judge` and `reflector` checkpoints (None: the configured models), swapped on change."""
+        wanted = (judge.id if judge else None, reflector.id if reflector else None)
+        if self.load_judges_at is None:
+            wanted = (None, None)
+        if self._judges is None or wanted != self._judges_at:
+            # The old models go before the new ones load: never two judges in memory at once.
+            self._judges = None
+            if wanted == (None, None) or self.load_judges_at is None:
+                self._judges = self.load_judges()
+            else:
+                self._judges = self.load_judges_at(judge, reflector)
+            self._judges_at = wanted
         return self._judges
 
 

@@ -15,6 +15,7 @@ from sqlalchemy import ColumnElement, case, select, update
 from sqlalchemy.orm import Session
 
 from policies.types import EditRequest, EditResult
+from rewards.judging import judge_items
 from rewards.types import JudgeItem
 from rewards.verdict import decide_verdict, image_change
 from store.db import with_db_retry
@@ -24,6 +25,7 @@ from store.models import (
     Attempt,
     AttemptStatus,
     Checkpoint,
+    CheckpointRole,
     CheckpointStatus,
     Judgment,
     Round,
@@ -156,7 +158,11 @@ def choose_checkpoints(
     """
     latest = session.scalar(
         select(Checkpoint.id)
-        .where(Checkpoint.status == CheckpointStatus.PROMOTED)
+        .where(
+            Checkpoint.status == CheckpointStatus.PROMOTED,
+            # A promoted judge or reflector checkpoint is never the editor.
+            Checkpoint.role == CheckpointRole.EDITOR.value,
+        )
         .order_by(Checkpoint.id.desc())
         .limit(1)
     )
@@ -326,9 +332,10 @@ def judge_attempts(
         )
         for w in work
     ]
-    scorer, reflector = context.models.judges() if items else (None, None)
-    scores = scorer.score(items) if scorer is not None else []
-    reflections = reflector.reflect(items) if reflector is not None else [None] * len(items)
+    scores, reflections = [], []
+    if items:
+        scorer, reflector = context.models.judges(*_judge_checkpoints(context))
+        scores, reflections = judge_items(scorer, reflector, items)
     rows = []
     for item, judged, score, reflection in zip(work, items, scores, reflections, strict=True):
         decision = decide_verdict(
@@ -385,6 +392,24 @@ def judge_attempts(
     if failures:
         _fail(context, failures, expected=AttemptStatus.EDITED)
     return done
+
+
+def _judge_checkpoints(context: WorkerContext) -> tuple[Checkpoint | None, Checkpoint | None]:
+    """The latest promoted judge and reflector checkpoints (None: the configured models)."""
+
+    def latest(role: CheckpointRole) -> Checkpoint | None:
+        with context.session_factory() as session:
+            return session.scalar(
+                select(Checkpoint)
+                .where(Checkpoint.status == CheckpointStatus.PROMOTED, Checkpoint.role == role)
+                .order_by(Checkpoint.id.desc())
+                .limit(1)
+            )
+
+    def load() -> tuple[Checkpoint | None, Checkpoint | None]:
+        return latest(CheckpointRole.JUDGE), latest(CheckpointRole.REFLECTOR)
+
+    return with_db_retry(load, retries=context.retries, what="loading judge checkpoints")
 
 
 def _fail(context: WorkerContext, failures: dict[int, str], *, expected: AttemptStatus) -> None:

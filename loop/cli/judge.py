@@ -7,7 +7,7 @@ from PIL import Image
 
 from loop.cli.errors import UserError
 from loop.settings import get_settings
-from rewards.reflection import score_hint
+from rewards.judging import judge_items
 from rewards.settings import JudgeSettings
 from rewards.types import JudgeItem, Reflection, Scores
 from rewards.verdict import VerdictDecision, decide_verdict, image_change
@@ -92,8 +92,7 @@ def judge(
         judges = load_judges(judge_settings, judge_model_dir(judge_settings, settings.data_dir))
     except (FileNotFoundError, ValueError) as exc:
         raise UserError(str(exc)) from None
-    scores = judges.scorer.score([item])[0]
-    reflection = judges.reflector.reflect([item], hints=[score_hint(scores)])[0]
+    (scores,), (reflection,) = judge_items(judges.scorer, judges.reflector, [item])
     change = image_change(item.source, item.edited)
     decision = decide_verdict(
         scores,

@@ -84,6 +84,7 @@ class ExportRecord:
     target_description: str | None = None
     proposed_instruction: str | None = None
     child: Child | None = None
+    raw_judge_output: str | None = None
 
     @property
     def verdict(self) -> str:
@@ -178,6 +179,7 @@ _COLUMNS = (
     Judgment.think,
     Judgment.target_description,
     Judgment.proposed_instruction,
+    Judgment.raw_judge_output,
 )
 
 
@@ -335,18 +337,24 @@ def edit_rows(record: ExportRecord, *, hindsight: bool) -> list[ExportRow]:
     return rows
 
 
-def reflection_row(record: ExportRecord) -> ExportRow:
-    """The reflection record of `record`: the original source and instruction, the edit, the
-    reflector's answer and whether its proposed instruction then succeeded."""
+def proposal_tested(record: ExportRecord) -> bool:
+    """Whether the reflector's proposal was put to the test: the next attempt of the chain edited
+    this output with the proposed instruction and reached a verdict."""
     child = record.child
-    # The proposal was put to the test when the next attempt edited this output with it.
-    tested = (
+    return (
         child is not None
         and record.reflector_tag == Verdict.REFLECTION.value
         and child.input_key == record.output_key
         and child.instruction == record.proposed_instruction
         and child.verdict is not None
     )
+
+
+def reflection_row(record: ExportRecord) -> ExportRow:
+    """The reflection record of `record`: the original source and instruction, the edit, the
+    reflector's answer and whether its proposed instruction then succeeded."""
+    child = record.child
+    tested = proposal_tested(record)
     row_id = f"r{record.attempt_id:010d}"
     return ExportRow(
         id=row_id,

@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from policies.checkpoints import download_prefix
 from store.keys import CHECKPOINT_MANIFEST, CHECKPOINT_PREFIX, STAGING_PREFIX
-from store.models import Checkpoint, CheckpointStatus, TrainJob
+from store.models import Checkpoint, CheckpointRole, CheckpointStatus, TrainJob
 from store.objects import ObjectStore, file_sha256
 
 
@@ -115,9 +115,10 @@ def publish_checkpoint(
     train_metrics: dict[str, Any],
     verify: Callable[[Path], None],
     job_id: int | None = None,
+    role: CheckpointRole = CheckpointRole.EDITOR,
 ) -> int:
-    """Upload, verify and record the checkpoint in `folder` as `version` (status `ready`);
-    returns the row id. `verify(local_folder)` raises if the downloaded copy does not load."""
+    """Upload, verify and record the checkpoint in `folder` as `version` (status `ready`) of the
+    model `role`; returns the row id. `verify(local_folder)` raises if the copy does not load."""
     if kind not in ("full", "lora"):
         raise ValueError(f"kind={kind!r}: full or lora")
     with factory() as session:
@@ -165,6 +166,7 @@ def publish_checkpoint(
                 version=version,
                 parent_id=parent_id,
                 kind=kind,
+                role=CheckpointRole(role).value,
                 object_prefix=final,
                 status=CheckpointStatus.READY,
                 data_filter=data_filter,

@@ -5,7 +5,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from loop.runtime import build_worker_context, judge_settings, load_editor, load_model_judges
+from loop.runtime import (
+    build_worker_context,
+    judge_settings,
+    load_editor,
+    load_judges_at,
+    load_model_judges,
+)
 from loop.settings import Settings, SettingsError
 from policies.editor import BASE_VERSION
 from policies.pixel_config import PixelEditorConfig
@@ -74,3 +80,24 @@ def test_the_gate_loads_no_reflector(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, judge=JudgeSettings(backend="shapes"))
     scorer, reflector = load_model_judges(settings, with_reflector=False)
     assert isinstance(scorer, ShapesScorer) and reflector is None
+
+
+def test_promoted_judge_and_reflector_checkpoints_replace_the_configured_models(
+    tmp_path: Path, tiny_judge_dir: Path
+) -> None:
+    settings = Settings(data_dir=tmp_path / "data", judge=JudgeSettings(model=str(tiny_judge_dir)))
+    store = LocalStore(tmp_path / "objects")
+    for path in tiny_judge_dir.rglob("*"):
+        if path.is_file():
+            key = path.relative_to(tiny_judge_dir).as_posix()
+            for version in ("judge-1", "reflector-1"):
+                store.put(f"checkpoints/{version}/{key}", path.read_bytes())
+    judge = Checkpoint(id=1, version="judge-1", object_prefix="checkpoints/judge-1")
+    reflector = Checkpoint(id=2, version="reflector-1", object_prefix="checkpoints/reflector-1")
+    scorer, kept = load_judges_at(settings, store, judge, None)
+    # The fine-tuned judge scores; the reflector stays the configured model, not the judge.
+    assert scorer.vlm.name.endswith("checkpoints/judge-1")  # type: ignore[attr-defined]
+    assert kept is not None and kept.vlm.name == str(tiny_judge_dir)  # type: ignore[attr-defined]
+    scorer, swapped = load_judges_at(settings, store, None, reflector)
+    assert scorer.vlm.name == str(tiny_judge_dir)  # type: ignore[attr-defined]
+    assert swapped.vlm.name.endswith("checkpoints/reflector-1")  # type: ignore[union-attr]

@@ -2,12 +2,12 @@
 
 import pytest
 from alembic import command
-from sqlalchemy import inspect, select
+from sqlalchemy import inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
 from migrations import alembic_config, downgrade, upgrade
 from store.db import make_engine, make_session_factory
-from store.models import Attempt, Base, Round, Run, Task
+from store.models import Attempt, Base, Checkpoint, Round, Run, Task
 
 TABLES = {
     "task", "task_source", "run", "round", "attempt", "judgment", "checkpoint", "train_job",
@@ -97,3 +97,20 @@ def test_0006_gives_finished_rounds_the_staleness_their_rows_give(db_url: str) -
     downgrade(db_url, "0005")
     with factory() as session:
         assert session.scalars(select(Round.metrics)).one() == {"attempts/total": 1}
+
+
+def test_0007_makes_every_existing_checkpoint_an_editor(db_url: str) -> None:
+    upgrade(db_url, "0006")
+    engine = make_engine(db_url)
+    with engine.begin() as connection:
+        connection.execute(
+            text("INSERT INTO checkpoint (version, kind, status, data_filter, sample_count, "
+                 "train_metrics, eval_metrics, created_at) VALUES ('old', 'full', 'promoted', "
+                 "'{}', 0, '{}', '{}', CURRENT_TIMESTAMP)")
+        )  # fmt: skip
+    upgrade(db_url)
+    factory = make_session_factory(engine)
+    with factory() as session:
+        assert session.scalars(select(Checkpoint.role)).all() == ["editor"]
+    downgrade(db_url, "0006")
+    assert "role" not in {c["name"] for c in inspect(make_engine(db_url)).get_columns("checkpoint")}

@@ -63,3 +63,26 @@ def test_model_cache_loads_lazily_and_swaps_in_place() -> None:
     cache.judges()
     cache.judges()
     assert judge_loads == [1]
+
+
+def test_the_cache_swaps_judge_and_reflector_checkpoints() -> None:
+    loads: list[tuple[int | None, int | None]] = []
+
+    def load_at(judge: Checkpoint | None, reflector: Checkpoint | None) -> tuple[str, str]:
+        loads.append((judge.id if judge else None, reflector.id if reflector else None))
+        return f"scorer{len(loads)}", f"reflector{len(loads)}"
+
+    cache = ModelCache(
+        load_editor=lambda old, checkpoint: old,
+        load_judges=lambda: loads.append((None, None)) or ("base", "base"),
+        load_judges_at=load_at,
+    )  # type: ignore[arg-type]
+    judge, reflector = Checkpoint(id=3, version="j"), Checkpoint(id=4, version="r")
+    assert cache.judges() == ("base", "base")
+    assert cache.judges(judge) == ("scorer2", "reflector2") == cache.judges(judge)  # cached
+    assert cache.judges(judge, reflector) == ("scorer3", "reflector3")
+    assert cache.judges() == ("base", "base")  # back to the configured models
+    assert loads == [(None, None), (3, None), (3, 4), (None, None)]
+    # Judges without checkpoints (no `load_judges_at`) ignore them: loaded once.
+    fixed = ModelCache(load_editor=lambda old, c: old, load_judges=lambda: ("s", None))  # type: ignore[arg-type]
+    assert fixed.judges(judge, reflector) is fixed.judges()

@@ -95,8 +95,10 @@ class GarbleAwareScorer(ShapesScorer):
 class GarbleAwareReflector(ShapesReflector):
     """The rule reflector, breaking the protocol for a garbled edit."""
 
-    def reflect(self, items: Sequence[JudgeItem]) -> list[Reflection]:
-        answers = super().reflect(items)
+    def reflect(
+        self, items: Sequence[JudgeItem], *, hints: Sequence[str | None] | None = None
+    ) -> list[Reflection]:
+        answers = super().reflect(items, hints=hints)
         return [
             replace(r, tag=ReflectionTag.INVALID, new_instruction=None, raw_output="<#Think> ???",
                     detail="no ending tag")
