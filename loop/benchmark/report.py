@@ -340,7 +340,11 @@ def training_time_table(rows: Sequence[Row]) -> str:
     """Where a fine-tuning job's time goes, as a mean over every job that trained: the parts the
     training process measures, and the rest of the job's wall time (launcher, publishing, the
     gate's evaluation)."""
-    jobs = [r for r in rows if int(r["round"]) > 0 and r["train"].get("train_seconds")]
+    # Jobs that trained and measured their parts (results of older versions lack some).
+    jobs = [
+        r for r in rows
+        if int(r["round"]) > 0 and all(r["train"].get(key) is not None for key, _ in TIME_PARTS)
+    ]  # fmt: skip
     if not jobs:
         return "(no training job trained)"
     wall = mean(float(r["seconds"].get("train", 0.0)) for r in jobs)

@@ -231,6 +231,7 @@ def test_training_time_table_splits_a_jobs_wall_time_into_its_parts() -> None:
         row("hindsight", 1, [True], train={**parts, "save_seconds": 2.0}, seconds={"train": 40}),
         row("control", 1, [True], train={**parts, "save_seconds": 4.0}, seconds={"train": 60}),
         row("reject", 1, [True], train={"status": "failed"}, seconds={"train": 5}),  # no steps
+        row("oracle", 1, [True], train={"train_seconds": 9.0}, seconds={"train": 30}),  # no parts
     ]
     lines = training_time_table(rows).splitlines()
     assert lines[0] == "| part (2 jobs) | mean s | share |"
