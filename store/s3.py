@@ -142,11 +142,14 @@ class S3Store:
             ),
         )
 
-    def get(self, key: str) -> bytes:
-        def read() -> bytes:
+    def _read(self, key: str, use: Callable[[urllib3.BaseHTTPResponse], T]) -> T:
+        """`use` the object's response (retried as a whole), then release its connection;
+        ObjectNotFound for a missing key."""
+
+        def read() -> T:
             response = self.client.get_object(self.bucket, key)
             try:
-                return response.read()
+                return use(response)
             finally:
                 response.close()
                 response.release_conn()
@@ -157,6 +160,9 @@ class S3Store:
             if exc.code == "NoSuchKey":
                 raise ObjectNotFound(key) from None
             raise
+
+    def get(self, key: str) -> bytes:
+        return self._read(key, lambda response: response.read())
 
     def stat(self, key: str) -> ObjectInfo:
         try:
@@ -220,23 +226,12 @@ class S3Store:
 
     def fget(self, key: str, path: Path) -> str:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-
-        def download() -> str:
-            response = self.client.get_object(self.bucket, key)
-            try:
-                return write_atomically(
-                    Path(path), lambda handle: copy_stream(response.read, handle)
-                )
-            finally:
-                response.close()
-                response.release_conn()
-
-        try:
-            return self._call(f"get {key}", download)
-        except S3Error as exc:
-            if exc.code == "NoSuchKey":
-                raise ObjectNotFound(key) from None
-            raise
+        return self._read(
+            key,
+            lambda response: write_atomically(
+                Path(path), lambda handle: copy_stream(response.read, handle)
+            ),
+        )
 
     def copy(self, source: str, key: str) -> None:
         validate_key(key)

@@ -74,6 +74,15 @@ MAX_LEVELS = 1
 MAX_DIFFERING = 0.005
 
 
+def assert_same_up_to_rounding(a: Image.Image | None, b: Image.Image | None) -> None:
+    """Two edits of the same noise in other batch positions or compositions: at most one 8-bit
+    level apart, on at most `MAX_DIFFERING` of the values."""
+    assert a is not None and b is not None
+    difference = np.abs(pixels(a) - pixels(b))
+    assert difference.max() <= MAX_LEVELS
+    assert (difference > 0).mean() <= MAX_DIFFERING
+
+
 def test_same_seed_same_pixels_whatever_the_batch(editor: InstructionEditor) -> None:
     target = EditRequest(noise_image(64, 48, seed=7), "remove the dog", seed=1234)
     alone = editor.edit([target])[0]
@@ -84,9 +93,7 @@ def test_same_seed_same_pixels_whatever_the_batch(editor: InstructionEditor) -> 
     for batch, position in ((others[:1] + [target], 1), ([target, *others], 0)):
         in_batch = editor.edit(batch)[position]
         assert in_batch.params["batch_size"] == len(batch)
-        difference = np.abs(pixels(in_batch.image) - pixels(alone.image))
-        assert difference.max() <= MAX_LEVELS
-        assert (difference > 0).mean() <= MAX_DIFFERING
+        assert_same_up_to_rounding(in_batch.image, alone.image)
 
 
 def test_the_seed_is_what_changes_the_noise(editor: InstructionEditor) -> None:
@@ -95,7 +102,8 @@ def test_the_seed_is_what_changes_the_noise(editor: InstructionEditor) -> None:
         [EditRequest(image, "add a hat", seed=5), EditRequest(image, "add a hat", seed=5)]
     )
     other = editor.edit([EditRequest(image, "add a hat", seed=6)])[0]
-    assert np.array_equal(pixels(twins[0].image), pixels(twins[1].image))
+    # Two positions of one batch sum in their own order too (on some CPUs' kernels).
+    assert_same_up_to_rounding(twins[0].image, twins[1].image)
     assert np.abs(pixels(twins[0].image) - pixels(other.image)).mean() > 0.5
 
 
